@@ -1,0 +1,193 @@
+"""The black-box interface every backend implements.
+
+A black box takes a population of soft prompts ``[P, n_tokens, d]`` (vectors in the
+model's input-embedding space) and a batch of encoded examples, and returns class scores
+``[P, B, C]``. That is all an engine ever sees of the model: no gradients, no weights.
+
+:class:`PromptBlackBox` does the shared work (validation with precise errors, metering
+and budget, ``torch.inference_mode``, optional bf16 autocast, memory-bounded chunking);
+a backend only implements :meth:`PromptBlackBox.encode` and
+:meth:`PromptBlackBox._score_chunk`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from bayesprompt.data.task import Example, Task
+from bayesprompt.lm.meter import Meter
+
+__all__ = ["EncodedBatch", "PromptBlackBox", "Precision"]
+
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Examples tokenised once for one backend.
+
+    Parameters
+    ----------
+    input_ids : LongTensor ``[B, L]``
+        Token ids of the text part (without the prompt slots), right-padded.
+    attention_mask : LongTensor ``[B, L]``
+        1 for real tokens, 0 for padding.
+    labels : LongTensor ``[B]``
+        Gold labels (never sent to the model).
+    extras : dict of Tensor
+        Backend-specific per-example tensors with leading dim ``B`` (e.g. the mask
+        position of a masked LM, token type ids).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of real (unpadded) text tokens in the batch."""
+        return int(self.attention_mask.sum())
+
+    def select(self, index: slice | torch.Tensor) -> "EncodedBatch":
+        """Return the sub-batch at ``index`` (trimmed of all-padding columns)."""
+        mask = self.attention_mask[index]
+        width = int(mask.sum(-1).max()) if mask.numel() else 0
+        return EncodedBatch(
+            input_ids=self.input_ids[index][:, :width],
+            attention_mask=mask[:, :width],
+            labels=self.labels[index],
+            extras={k: v[index] for k, v in self.extras.items()},
+        )
+
+
+class PromptBlackBox(ABC):
+    """Base class of black-box backends: validated, metered, batched scoring.
+
+    Parameters
+    ----------
+    task : Task
+        The task whose verbalizers define the classes.
+    meter : Meter or None
+        Where queries are charged; a fresh unlimited meter if ``None``.
+    precision : {"fp32", "bf16"}
+        ``"bf16"`` runs the forward pass under CPU/GPU bf16 autocast (about 3x faster on
+        CPUs with bf16 units, slightly less exact). Scores are returned as float32.
+    max_sequences : int
+        Upper bound on sequences per forward pass; bounds activation memory.
+
+    Notes
+    -----
+    Subclasses set ``self.embed_dim`` and implement :meth:`encode` and
+    :meth:`_score_chunk`. Only :meth:`score` is public for querying.
+    """
+
+    embed_dim: int
+
+    def __init__(
+        self,
+        task: Task,
+        meter: Meter | None = None,
+        precision: Precision = "fp32",
+        max_sequences: int = 512,
+    ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if max_sequences < 1:
+            raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
+        self.task = task
+        self.meter = meter if meter is not None else Meter()
+        self.precision = precision
+        self.max_sequences = max_sequences
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``C`` of the scores."""
+        return self.task.num_classes
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model runs on."""
+        return torch.device("cpu")
+
+    @abstractmethod
+    def encode(self, examples: Sequence[Example]) -> EncodedBatch:
+        """Tokenise examples once for this backend (no query, no charge)."""
+
+    @abstractmethod
+    def _score_chunk(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
+        """Score ``prompts [p, n, d]`` on ``batch``; return float32 ``[p, b, C]``."""
+
+    def score(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
+        """Return class scores ``[P, B, C]`` for each prompt on each example.
+
+        Charges ``P`` API calls to the meter before running (raising
+        :class:`~bayesprompt.lm.meter.BudgetExhausted` if they do not fit).
+
+        Parameters
+        ----------
+        prompts : Tensor ``[P, n_tokens, d]``
+            Soft prompts in the input-embedding space; ``n_tokens`` may be 0.
+        batch : EncodedBatch
+            From :meth:`encode`.
+        """
+        prompts = self._check_prompts(prompts)
+        if len(batch) == 0:
+            raise ValueError("batch is empty: score() needs at least one example")
+        num_prompts, num_slots, _ = prompts.shape
+        num_examples = len(batch)
+        self.meter.charge(
+            calls=num_prompts,
+            sequences=num_prompts * num_examples,
+            tokens=num_prompts * (batch.num_tokens + num_slots * num_examples),
+        )
+        with torch.inference_mode(), self._autocast():
+            return self._score_chunked(prompts.to(self.device), batch)
+
+    def _score_chunked(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
+        num_prompts, num_examples = prompts.shape[0], len(batch)
+        per_pass = max(1, min(num_examples, self.max_sequences))
+        prompt_step = max(1, self.max_sequences // per_pass)
+        rows = []
+        for p0 in range(0, num_prompts, prompt_step):
+            cols = [
+                self._score_chunk(prompts[p0 : p0 + prompt_step], batch.select(slice(b0, b0 + per_pass)))
+                .float()
+                .cpu()
+                for b0 in range(0, num_examples, per_pass)
+            ]
+            rows.append(torch.cat(cols, dim=1))
+        return torch.cat(rows, dim=0)
+
+    def _check_prompts(self, prompts: torch.Tensor) -> torch.Tensor:
+        if not isinstance(prompts, torch.Tensor):
+            raise TypeError(f"prompts must be a torch.Tensor [P, n_tokens, d], got {type(prompts).__name__}")
+        if prompts.ndim != 3:
+            raise ValueError(
+                f"prompts must have shape [P, n_tokens, d], got {tuple(prompts.shape)}"
+            )
+        if prompts.shape[-1] != self.embed_dim:
+            raise ValueError(
+                f"prompt width {prompts.shape[-1]} does not match the model's embedding "
+                f"size {self.embed_dim} (prompts shape {tuple(prompts.shape)})"
+            )
+        if prompts.shape[0] == 0:
+            raise ValueError("prompts is empty: need at least one prompt (P >= 1)")
+        if not torch.isfinite(prompts).all():
+            bad = (~torch.isfinite(prompts)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"prompts contain NaN or inf (prompt indices {bad[:10]})")
+        return prompts.detach().float()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()

@@ -1,0 +1,167 @@
+"""Pyro prompt models: the prompt is a latent variable, the black box is the likelihood.
+
+:class:`PromptModel` is the gradient-free model::
+
+    z ~ prior                                  (any Pyro distribution over R^k)
+    y_i ~ Categorical(logits = scores(A z)_i / temperature)   for each training example
+
+:class:`LikelihoodFreePromptModel` replaces the likelihood by the only observable of a
+label-only API: the predicted labels, recorded as a ``pyro.deterministic`` site.
+
+Both vectorise over a particle plate (dim -2), so a population of z is scored in one
+batched black-box call, and both detach z before the call: the black box never sees
+the autograd graph. Custom models reuse :meth:`PromptModel.observe`::
+
+    class HierarchicalPromptModel(PromptModel):
+        def __call__(self, batch):
+            scale = pyro.sample("scale", dist.HalfNormal(1.0))
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([self.k]).to_event(1))
+            return self.observe(z * scale.unsqueeze(-1), batch)
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
+from bayesprompt.lm.label_only import LabelOnly
+from bayesprompt.models.projection import RandomProjection
+
+__all__ = ["PromptModel", "LikelihoodFreePromptModel", "DEFAULT_PRIOR_SCALE"]
+
+#: Default prior scale of z. With BBT's projection (see :class:`RandomProjection`)
+#: ``z ~ N(0, 1)`` gives prompts with the spread of the model's own word embeddings.
+DEFAULT_PRIOR_SCALE = 1.0
+
+
+class _PromptModelBase:
+    """Shared parts: the prior on z and the projection to prompts."""
+
+    def __init__(
+        self,
+        projection: RandomProjection,
+        prior: dist.Distribution | None = None,
+        prior_scale: float = DEFAULT_PRIOR_SCALE,
+    ) -> None:
+        if prior_scale <= 0:
+            raise ValueError(f"prior_scale must be > 0, got {prior_scale}")
+        self.projection = projection
+        self.prior_scale = prior_scale
+        k = projection.intrinsic_dim
+        if prior is None:
+            prior = dist.Normal(torch.zeros(k), prior_scale).to_event(1)
+        if tuple(prior.event_shape) != (k,) or tuple(prior.batch_shape) != ():
+            raise ValueError(
+                f"prior must have event_shape ({k},) and batch_shape () to match the projection, "
+                f"got event_shape {tuple(prior.event_shape)}, batch_shape {tuple(prior.batch_shape)}"
+            )
+        self.prior = prior
+
+    @property
+    def k(self) -> int:
+        """Dimension of z."""
+        return self.projection.intrinsic_dim
+
+    def sample_z(self) -> torch.Tensor:
+        """The latent site ``z`` drawn from :attr:`prior`."""
+        return pyro.sample("z", self.prior)
+
+    def prompts(self, z: torch.Tensor) -> torch.Tensor:
+        """Detach ``z [..., k]`` and map it to a population of prompts ``[P, n, d]``."""
+        return self.projection(z.detach().reshape(-1, self.k))
+
+
+class PromptModel(_PromptModelBase):
+    """z ~ prior; labels ~ Categorical(logits = black-box scores / temperature).
+
+    Parameters
+    ----------
+    blackbox : PromptBlackBox
+        The scoring API.
+    projection : RandomProjection
+        Fixed map from z to prompts.
+    prior : Distribution or None
+        Prior over z with event shape ``(k,)``; default ``Normal(0, prior_scale)``.
+    prior_scale : float
+        Scale of the default prior.
+
+    Examples
+    --------
+    >>> model = PromptModel(blackbox, projection)             # doctest: +SKIP
+    >>> potential = Potential(model, (blackbox.encode(train),))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        blackbox: PromptBlackBox,
+        projection: RandomProjection,
+        prior: dist.Distribution | None = None,
+        prior_scale: float = DEFAULT_PRIOR_SCALE,
+    ) -> None:
+        super().__init__(projection, prior, prior_scale)
+        if projection.embed_dim != blackbox.embed_dim:
+            raise ValueError(
+                f"projection maps to width {projection.embed_dim} but the black box expects "
+                f"{blackbox.embed_dim}"
+            )
+        self.blackbox = blackbox
+
+    def logits(self, z: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
+        """Black-box scores for ``z [..., k]``, shaped ``[*z.shape[:-1], B, C]``."""
+        scores = self.blackbox.score(self.prompts(z), batch)
+        return scores.reshape(*z.shape[:-1], len(batch), scores.shape[-1])
+
+    def observe(
+        self, z: torch.Tensor, batch: EncodedBatch, temperature: torch.Tensor | float = 1.0
+    ) -> torch.Tensor:
+        """Score ``z`` and observe the batch labels; returns the logits.
+
+        ``temperature`` may be a latent site of shape ``z.shape[:-1]``.
+        """
+        logits = self.logits(z, batch)
+        if isinstance(temperature, torch.Tensor):
+            temperature = temperature.unsqueeze(-1).unsqueeze(-1)
+        with pyro.plate("data", len(batch), dim=-1):
+            pyro.sample("y", dist.Categorical(logits=logits / temperature), obs=batch.labels)
+        return logits
+
+    def __call__(self, batch: EncodedBatch) -> torch.Tensor:
+        return self.observe(self.sample_z(), batch)
+
+
+class LikelihoodFreePromptModel(_PromptModelBase):
+    """z ~ prior; the observable is the label-only API's predictions (deterministic site ``y_pred``).
+
+    Parameters
+    ----------
+    view : LabelOnly
+        The label-only view; this model can never see scores.
+    projection, prior, prior_scale
+        As in :class:`PromptModel`.
+    """
+
+    def __init__(
+        self,
+        view: LabelOnly,
+        projection: RandomProjection,
+        prior: dist.Distribution | None = None,
+        prior_scale: float = DEFAULT_PRIOR_SCALE,
+    ) -> None:
+        super().__init__(projection, prior, prior_scale)
+        if not isinstance(view, LabelOnly):
+            raise TypeError(
+                f"LikelihoodFreePromptModel needs a LabelOnly view, got {type(view).__name__}; "
+                "wrap the backend with LabelOnly(backend)"
+            )
+        self.view = view
+
+    def simulate(self, z: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
+        """Predicted labels for ``z``, recorded as site ``y_pred`` of shape ``[..., B]``."""
+        labels = self.view.predict(self.prompts(z), batch)
+        labels = labels.reshape(*z.shape[:-1], len(batch))
+        return pyro.deterministic("y_pred", labels, event_dim=1)
+
+    def __call__(self, batch: EncodedBatch) -> torch.Tensor:
+        return self.simulate(self.sample_z(), batch)

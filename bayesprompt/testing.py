@@ -1,0 +1,110 @@
+"""Analytic test targets for the engines.
+
+:class:`LinearGaussian` is a conjugate model with a closed-form posterior and evidence.
+Its forward map is a *fake black box*: every evaluation is charged to a
+:class:`~bayesprompt.lm.meter.Meter` exactly like a language-model query (one call per
+particle), so budgets, batching and statistics can all be tested without a model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from bayesprompt.lm.meter import Meter
+
+__all__ = ["LinearGaussian"]
+
+
+class LinearGaussian:
+    """``z ~ N(0, s^2 I_D)``, ``y ~ N(G z, sigma^2 I_m)`` with a metered forward map.
+
+    Parameters
+    ----------
+    design : Tensor ``[m, D]``
+        The linear forward map ``G``.
+    observations : Tensor ``[m]``
+        Observed ``y``.
+    prior_scale, noise_scale : float
+        ``s`` and ``sigma``.
+    meter : Meter or None
+        Charged one call per particle per forward evaluation.
+
+    Examples
+    --------
+    >>> problem = LinearGaussian.random(dim=2, num_obs=5, seed=0)
+    >>> problem.posterior_mean().shape
+    torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        design: torch.Tensor,
+        observations: torch.Tensor,
+        prior_scale: float = 1.0,
+        noise_scale: float = 1.0,
+        meter: Meter | None = None,
+    ) -> None:
+        self.design = design.double()
+        self.observations = observations.double()
+        self.prior_scale = float(prior_scale)
+        self.noise_scale = float(noise_scale)
+        self.meter = meter if meter is not None else Meter()
+
+    @classmethod
+    def random(
+        cls,
+        dim: int = 2,
+        num_obs: int = 10,
+        seed: int = 0,
+        prior_scale: float = 1.0,
+        noise_scale: float = 1.0,
+        meter: Meter | None = None,
+    ) -> "LinearGaussian":
+        """A random instance whose data are drawn from the model itself."""
+        g = torch.Generator().manual_seed(seed)
+        design = torch.randn(num_obs, dim, generator=g, dtype=torch.float64)
+        z = prior_scale * torch.randn(dim, generator=g, dtype=torch.float64)
+        y = design @ z + noise_scale * torch.randn(num_obs, generator=g, dtype=torch.float64)
+        return cls(design, y, prior_scale, noise_scale, meter)
+
+    @property
+    def dim(self) -> int:
+        """Dimension ``D`` of z."""
+        return int(self.design.shape[1])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """The fake black box: ``G z`` for ``z [..., D]``, one metered call per particle."""
+        z = z.detach().double()
+        particles = int(math.prod(z.shape[:-1]))
+        self.meter.charge(calls=particles, sequences=particles, tokens=particles * self.dim)
+        return z @ self.design.T
+
+    def model(self) -> None:
+        """The Pyro model (vectorises over a particle plate at dim -2)."""
+        z = pyro.sample(
+            "z", dist.Normal(torch.zeros(self.dim, dtype=torch.float64), self.prior_scale).to_event(1)
+        )
+        prediction = self.forward(z)
+        with pyro.plate("data", len(self.observations), dim=-1):
+            pyro.sample("y", dist.Normal(prediction, self.noise_scale), obs=self.observations)
+
+    def posterior_cov(self) -> torch.Tensor:
+        """Exact posterior covariance ``(G^T G / sigma^2 + I / s^2)^-1``."""
+        precision = self.design.T @ self.design / self.noise_scale**2
+        precision = precision + torch.eye(self.dim, dtype=torch.float64) / self.prior_scale**2
+        return torch.linalg.inv(precision)
+
+    def posterior_mean(self) -> torch.Tensor:
+        """Exact posterior mean."""
+        return self.posterior_cov() @ self.design.T @ self.observations / self.noise_scale**2
+
+    def log_evidence(self) -> float:
+        """Exact ``log p(y) = log N(y; 0, s^2 G G^T + sigma^2 I)``."""
+        m = self.observations.shape[0]
+        cov = self.prior_scale**2 * self.design @ self.design.T
+        cov = cov + self.noise_scale**2 * torch.eye(m, dtype=torch.float64)
+        return float(dist.MultivariateNormal(torch.zeros(m, dtype=torch.float64), cov).log_prob(self.observations))
