@@ -8,15 +8,19 @@ particle), so budgets, batching and statistics can all be tested without a model
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
 
+from bayesprompt.data.task import Example, Task
+from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.lm.meter import Meter
 
-__all__ = ["LinearGaussian"]
+__all__ = ["LinearGaussian", "FakeBlackBox"]
 
 
 class LinearGaussian:
@@ -77,11 +81,18 @@ class LinearGaussian:
         return int(self.design.shape[1])
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """The fake black box: ``G z`` for ``z [..., D]``, one metered call per particle."""
+        """The fake black box: ``G z``, one metered call per particle.
+
+        ``z`` is ``[D]`` or a population ``[P, 1, D]`` drawn in a particle plate at dim -2;
+        the result is ``[m]`` or ``[P, m]`` (the data plate takes dim -1).
+        """
+        if z.ndim > 1 and z.shape[-2] != 1:
+            raise ValueError(f"z must be [D] or [..., 1, D], got {tuple(z.shape)}")
         z = z.detach().double()
         particles = int(math.prod(z.shape[:-1]))
         self.meter.charge(calls=particles, sequences=particles, tokens=particles * self.dim)
-        return z @ self.design.T
+        prediction = z @ self.design.T
+        return prediction.squeeze(-2) if z.ndim > 1 else prediction
 
     def model(self) -> None:
         """The Pyro model (vectorises over a particle plate at dim -2)."""
@@ -108,3 +119,70 @@ class LinearGaussian:
         cov = self.prior_scale**2 * self.design @ self.design.T
         cov = cov + self.noise_scale**2 * torch.eye(m, dtype=torch.float64)
         return float(dist.MultivariateNormal(torch.zeros(m, dtype=torch.float64), cov).log_prob(self.observations))
+
+
+class FakeBlackBox(PromptBlackBox):
+    """A tiny deterministic black box for tests: no language model, real metering.
+
+    Each example gets a fixed random feature vector (seeded by a hash of its text), and
+    ``score[p, b] = (features_b + mean(prompt_p)) @ W`` with a fixed random ``W [d, C]``.
+
+    Parameters
+    ----------
+    task : Task
+        Defines the number of classes.
+    embed_dim : int
+        Prompt width ``d``.
+    seed : int
+        Seed of ``W`` and of the embedding table.
+    meter, precision, max_sequences
+        As in :class:`~bayesprompt.lm.base.PromptBlackBox`.
+
+    Examples
+    --------
+    >>> from bayesprompt.data.task import Example, Task
+    >>> task = Task("toy", ("a", "b"), ("A.", "B."), "{text} {mask}", ("a", "b"))
+    >>> box = FakeBlackBox(task, embed_dim=4)
+    >>> batch = box.encode([Example("x", 0), Example("y", 1)])
+    >>> box.score(torch.zeros(3, 2, 4), batch).shape
+    torch.Size([3, 2, 2])
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        embed_dim: int = 8,
+        seed: int = 0,
+        meter: Meter | None = None,
+        precision: str = "fp32",
+        max_sequences: int = 512,
+    ) -> None:
+        super().__init__(task, meter, precision, max_sequences)
+        self.embed_dim = embed_dim
+        generator = torch.Generator().manual_seed(seed)
+        self.weight = torch.randn(embed_dim, task.num_classes, generator=generator)
+        self._embeddings = 0.05 * torch.randn(50, embed_dim, generator=generator)
+
+    def embedding_table(self) -> torch.Tensor:
+        """A random ``[50, d]`` "word embedding" table (for projections)."""
+        return self._embeddings
+
+    def encode(self, examples: Sequence[Example]) -> EncodedBatch:
+        """Features from a stable hash of each text."""
+        features = []
+        for example in examples:
+            digest = hashlib.sha256((example.text + "\0" + (example.text_pair or "")).encode()).digest()
+            seed = int.from_bytes(digest[:8], "little")
+            features.append(torch.randn(self.embed_dim, generator=torch.Generator().manual_seed(seed)))
+        size = len(examples)
+        return EncodedBatch(
+            input_ids=torch.ones(size, 1, dtype=torch.long),
+            attention_mask=torch.ones(size, 1, dtype=torch.long),
+            labels=torch.tensor([e.label for e in examples], dtype=torch.long),
+            extras={"features": torch.stack(features) if features else torch.zeros(0, self.embed_dim)},
+        )
+
+    def _score_chunk(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
+        pooled = prompts.mean(1) if prompts.shape[1] else torch.zeros(prompts.shape[0], self.embed_dim)
+        inputs = batch.extras["features"].unsqueeze(0) + pooled.unsqueeze(1)
+        return inputs @ self.weight

@@ -53,14 +53,18 @@ class HubSource:
     path, name : str
         Arguments of :func:`datasets.load_dataset`.
     splits : dict
-        Maps our split names (``train``, ``dev``, ``test``) to hub split names.
+        Maps our split names (``train``, ``dev``, ``test``) to hub split names. It is
+        excluded from the hash (a ``dict`` is unhashable), so a :class:`Task` carrying a
+        :class:`HubSource` stays hashable; treat it as read-only.
     text_field, pair_field, label_field : str
         Column names on the hub.
     """
 
     path: str
     name: str | None = None
-    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "validation"})
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "test": "validation"}, hash=False
+    )
     text_field: str = "sentence"
     pair_field: str | None = None
     label_field: str = "label"

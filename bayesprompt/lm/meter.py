@@ -16,8 +16,11 @@ from dataclasses import asdict, dataclass
 __all__ = ["BudgetExhausted", "Meter", "MeterSnapshot"]
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhausted(Exception):
     """Raised when a query would exceed the API-call budget.
+
+    It derives from ``Exception`` directly (not ``RuntimeError``), so it passes through
+    Pyro's trace handlers unchanged and is never confused with a model error.
 
     Attributes
     ----------

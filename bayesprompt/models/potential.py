@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Transform, biject_to
@@ -130,7 +131,7 @@ class Potential:
     >>> def model(y):
     ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
     ...     with pyro.plate("data", len(y), dim=-1):
-    ...         pyro.sample("y", dist.Normal(mu.unsqueeze(-1), 1.0), obs=y)
+    ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
     >>> potential = Potential(model, (torch.tensor([0.5, 1.5]),))
     >>> ev = potential.init_population(8, torch.Generator().manual_seed(0))
     >>> ev.u.shape, ev.log_likelihood.shape
@@ -151,6 +152,7 @@ class Potential:
         self.model_kwargs = dict(model_kwargs or {})
         self.max_plate_nesting = max_plate_nesting
         self._sites: tuple[SiteInfo, ...] | None = None
+        self._full_shapes: dict[str, tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ structure
     @property
@@ -201,35 +203,48 @@ class Potential:
 
     def evaluate(self, u: torch.Tensor) -> Evaluation:
         """Evaluate the population ``u [P, D]`` (one batched model run)."""
+        return self._evaluation(self.trace(u), u, u.shape[0])
+
+    def trace(self, u: torch.Tensor) -> poutine.Trace:
+        """Run the vectorised model conditioned on ``u [P, D]`` and return its trace.
+
+        Log probabilities are computed; observed sites keep their distributions, so
+        e.g. ``trace.nodes["y"]["fn"].probs`` is the per-particle predictive.
+        """
         u = self._check_u(u)
-        num_particles = u.shape[0]
+        return self._trace(u.shape[0], data=self._condition_data(u))
+
+    @property
+    def is_initialised(self) -> bool:
+        """Whether the latent sites are known (after the first :meth:`init_population`)."""
+        return self._sites is not None
+
+    def with_args(self, *model_args, model: Callable | None = None, **model_kwargs) -> "Potential":
+        """The same latent sites with other model arguments (e.g. the dev or test batch).
+
+        ``model`` swaps in another model with the same latent sites (e.g. the score-based
+        twin of a likelihood-free model, to evaluate a fixed posterior).
+        """
+        model = self.model if model is None else model
+        other = Potential(model, model_args, model_kwargs, self.max_plate_nesting)
+        other._sites = self.sites
+        other._full_shapes = self._full_shapes
+        return other
+
+    def _condition_data(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         values = self.unpack(u)
-        data = {}
-        for site in self.sites:
-            full = self._full_shapes[site.name]
-            data[site.name] = values[site.name].reshape(num_particles, *full)
-        trace = self._trace(num_particles, data=data)
-        return self._evaluation(trace, u, num_particles)
+        return {s.name: values[s.name].reshape(u.shape[0], *self._full_shapes[s.name]) for s in self.sites}
 
     def log_prior(self, u: torch.Tensor) -> torch.Tensor:
         """Log prior ``[P]`` of ``u`` without running the likelihood.
 
-        The model is run up to, not including, its first observed or deterministic site
-        (via ``poutine.escape``), so models that call the black box only right before
-        observing cost no query.
+        The model is stopped right after its last latent site, so a model that calls the
+        black box after drawing its latents (all the built-in ones) costs no query.
         """
         u = self._check_u(u)
-        values = self.unpack(u)
-        data = {
-            s.name: values[s.name].reshape(u.shape[0], *self._full_shapes[s.name]) for s in self.sites
-        }
-        latent = {s.name for s in self.sites}
-
-        def stop(msg: dict) -> bool:
-            return msg["type"] == "sample" and msg["name"] not in latent and msg["is_observed"]
-
-        model = poutine.escape(poutine.condition(self._vectorised(u.shape[0]), data=data), escape_fn=stop)
-        tracer = poutine.trace(model)
+        model = poutine.condition(self._vectorised(u.shape[0]), data=self._condition_data(u))
+        stopper = _StopAfterSites({s.name for s in self.sites})
+        tracer = poutine.trace(stopper(model))
         try:
             with torch.no_grad():
                 tracer(*self.model_args, **self.model_kwargs)
@@ -351,6 +366,24 @@ class Potential:
         if u.shape[0] < 1:
             raise ValueError("u is empty: need at least one particle")
         return u
+
+
+class _StopAfterSites(Messenger):
+    """Exit the model (``NonlocalExit``) once every named sample site has been recorded.
+
+    It sits inside ``poutine.trace``, so each site is fully processed and recorded by the
+    time its post-processing here raises.
+    """
+
+    def __init__(self, names: set[str]) -> None:
+        super().__init__()
+        self._remaining = set(names)
+
+    def _postprocess_message(self, msg: dict) -> None:
+        if msg["type"] == "sample":
+            self._remaining.discard(msg["name"])
+            if not self._remaining:
+                raise NonlocalExit(msg)
 
 
 def _strip_leading_ones(shape: tuple[int, ...], event_dim: int) -> tuple[int, ...]:

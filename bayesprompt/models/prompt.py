@@ -109,20 +109,31 @@ class PromptModel(_PromptModelBase):
         self.blackbox = blackbox
 
     def logits(self, z: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
-        """Black-box scores for ``z [..., k]``, shaped ``[*z.shape[:-1], B, C]``."""
+        """Black-box scores ``[..., B, C]`` for ``z``.
+
+        ``z`` is either a single prompt ``[k]`` or a population ``[P, 1, k]`` as drawn
+        inside a particle plate at dim -2 (the singleton slot is where the data plate
+        puts the examples).
+        """
+        if z.ndim > 1 and z.shape[-2] != 1:
+            raise ValueError(
+                f"z has shape {tuple(z.shape)}; expected [k] or [..., 1, k] (a particle plate at "
+                "dim -2 leaving dim -1 to the data plate)"
+            )
         scores = self.blackbox.score(self.prompts(z), batch)
-        return scores.reshape(*z.shape[:-1], len(batch), scores.shape[-1])
+        return scores.reshape(*z.shape[:-2], len(batch), scores.shape[-1])
 
     def observe(
         self, z: torch.Tensor, batch: EncodedBatch, temperature: torch.Tensor | float = 1.0
     ) -> torch.Tensor:
         """Score ``z`` and observe the batch labels; returns the logits.
 
-        ``temperature`` may be a latent site of shape ``z.shape[:-1]``.
+        ``temperature`` may be a float or a latent site drawn in the particle plate
+        (shape ``[P, 1]``).
         """
         logits = self.logits(z, batch)
         if isinstance(temperature, torch.Tensor):
-            temperature = temperature.unsqueeze(-1).unsqueeze(-1)
+            temperature = temperature.unsqueeze(-1)
         with pyro.plate("data", len(batch), dim=-1):
             pyro.sample("y", dist.Categorical(logits=logits / temperature), obs=batch.labels)
         return logits

@@ -1,0 +1,90 @@
+"""Ensemble predictions over a posterior of prompts.
+
+For each posterior sample the model is run (vectorised, conditioned on the sample) on
+the evaluation batch, and the distribution of its observed site gives per-sample class
+probabilities ``[S, N, C]``. The Bayesian model average is their weighted mean. This
+works for any prompt model whose observed site is a Categorical, e.g. with a latent
+likelihood temperature. Large evaluation sets stream in chunks of examples, so memory
+stays bounded; each chunk costs one metered call per sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bayesprompt.inference.posterior import Posterior
+from bayesprompt.lm.base import EncodedBatch
+from bayesprompt.models.potential import Potential
+
+__all__ = ["EnsemblePredictions", "predict"]
+
+
+@dataclass(frozen=True)
+class EnsemblePredictions:
+    """Per-sample predictive probabilities and their weights.
+
+    Attributes
+    ----------
+    probs : Tensor ``[S, N, C]``
+        Class probabilities of each posterior sample on each example.
+    weights : Tensor ``[S]``
+        Normalised posterior weights.
+    labels : Tensor ``[N]``
+        Gold labels of the evaluated examples.
+    """
+
+    probs: torch.Tensor
+    weights: torch.Tensor
+    labels: torch.Tensor
+
+    def mean(self) -> torch.Tensor:
+        """Bayesian model average ``[N, C]``: the weighted mean of the per-sample probabilities."""
+        w = self.weights.to(self.probs.dtype).reshape(-1, 1, 1)
+        return (w * self.probs).sum(0)
+
+
+def predict(
+    posterior: Posterior,
+    potential: Potential,
+    batch: EncodedBatch,
+    chunk_size: int = 256,
+    site: str = "y",
+) -> EnsemblePredictions:
+    """Predict ``batch`` with every sample of ``posterior``.
+
+    Parameters
+    ----------
+    posterior : Posterior
+        Weighted prompt samples (from any engine).
+    potential : Potential
+        The potential the posterior was fitted with; its model is re-run on ``batch``.
+    batch : EncodedBatch
+        Evaluation examples (their labels are only returned, not used).
+    chunk_size : int
+        Examples per model run.
+    site : str
+        Name of the observed Categorical site of the model.
+
+    Returns
+    -------
+    EnsemblePredictions
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if len(batch) == 0:
+        raise ValueError("batch is empty: nothing to predict")
+    u = potential.pack(posterior.samples)
+    chunks = []
+    for start in range(0, len(batch), chunk_size):
+        part = batch.select(slice(start, start + chunk_size))
+        trace = potential.with_args(part).trace(u)
+        if site not in trace.nodes:
+            raise KeyError(f"the model has no site {site!r}; pass site= the observed label site")
+        fn = trace.nodes[site]["fn"]
+        if not hasattr(fn, "probs"):
+            raise TypeError(f"site {site!r} is a {type(fn).__name__}, not a Categorical")
+        probs = fn.probs
+        chunks.append(probs.expand(u.shape[0], *probs.shape[1:]).reshape(u.shape[0], len(part), -1))
+    return EnsemblePredictions(torch.cat(chunks, dim=1).float(), posterior.weights, batch.labels)
