@@ -29,7 +29,7 @@ from bayesprompt.metrics import classification_report
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel
-from bayesprompt.predict import EnsemblePredictions, predict
+from bayesprompt.predict import EnsemblePredictions, predict, predict_votes
 
 __all__ = ["FitConfig", "FitResult", "fit", "ENGINE_NAMES", "LIKELIHOOD_FREE_ENGINES"]
 
@@ -68,11 +68,15 @@ class FitConfig:
     n_tokens, intrinsic_dim : int
         Prompt length and dimension ``k`` of z.
     prior_scale : float
-        Scale of the isotropic Normal prior on z.
+        Scale of the isotropic Normal prior on z. The projection is calibrated so that
+        ``z ~ N(0, I)`` gives prompts with the spread of the model's word embeddings;
+        the prior scale multiplies that spread.
     num_particles : int
         Population size of particle engines (SMC, ABC-SMC); CMA-ES popsize.
     test_size : int or None
         Class-balanced test subsample (``None``: the whole test split).
+    vote_smoothing : float
+        Dirichlet smoothing of the vote distribution of likelihood-free engines.
     engine_options : dict
         Extra keyword arguments for the engine's constructor.
     """
@@ -95,6 +99,7 @@ class FitConfig:
     prior_scale: float = 1.0
     num_particles: int = 32
     test_size: int | None = None
+    vote_smoothing: float = 1.0
     engine_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,20 +139,22 @@ def fit(config: FitConfig, progress: bool = True, engine: Engine | None = None) 
         intrinsic_dim=config.intrinsic_dim,
         n_tokens=config.n_tokens,
         seed=config.projection_seed,
-        z_scale=config.prior_scale,
     )
     train_batch, dev_batch = backend.encode(train), backend.encode(dev)
     potential = _potential(config, backend, projection, train_batch)
-    scorer = _scoring_model(config, backend, projection, potential)
     if engine is None:
-        engine = build_engine(config, potential, scorer, train_batch, dev_batch)
+        engine = build_engine(config, potential, train_batch, dev_batch)
     started = time.perf_counter()
     posterior = run(engine, potential, seed=config.seed, meter=meter, progress=progress)
     inference_seconds = time.perf_counter() - started
     inference_calls = meter.snapshot().to_dict()
     meter.budget = None  # evaluation is metered but not budgeted
     test_batch = backend.encode(test)
-    predictions = predict(posterior, potential.with_args(test_batch, model=scorer), test_batch)
+    if config.likelihood_free:
+        predictions = predict_votes(posterior, potential.with_args(test_batch), test_batch, task.num_classes)
+    else:
+        predictions = predict(posterior, potential.with_args(test_batch), test_batch)
+    test_probs = predictions.mean(config.vote_smoothing if config.likelihood_free else 0.0)
     metrics = {
         "task": task.name,
         "engine": engine.name,
@@ -157,7 +164,8 @@ def fit(config: FitConfig, progress: bool = True, engine: Engine | None = None) 
         "inference_seconds": inference_seconds,
         "num_samples": posterior.num_samples,
         "posterior_ess": posterior.ess,
-        "test": classification_report(predictions.mean(), predictions.labels, task.metric),
+        "test": classification_report(test_probs, predictions.labels, task.metric),
+        "test_split": "proxy_test" if task.name == "dbpedia" else "test",
         "summary": posterior.summary,
     }
     result = FitResult(config, posterior, predictions, metrics, projection)
@@ -169,7 +177,6 @@ def fit(config: FitConfig, progress: bool = True, engine: Engine | None = None) 
 def build_engine(
     config: FitConfig,
     potential: Potential,
-    scorer: Callable,
     train_batch: EncodedBatch,
     dev_batch: EncodedBatch,
 ) -> Engine:
@@ -179,7 +186,7 @@ def build_engine(
         from bayesprompt.inference.cma import CMAES
 
         options.setdefault("popsize", config.num_particles)
-        return CMAES(dev_score=dev_accuracy_score(potential, scorer, dev_batch), **options)
+        return CMAES(dev_score=dev_accuracy_score(potential, dev_batch), **options)
     if config.engine == "smc":
         from bayesprompt.inference.smc import TemperedSMC
 
@@ -189,13 +196,11 @@ def build_engine(
     return ABCSMC(num_particles=config.num_particles, observed=train_batch.labels, **options)
 
 
-def dev_accuracy_score(
-    potential: Potential, scorer: Callable, dev_batch: EncodedBatch
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def dev_accuracy_score(potential: Potential, dev_batch: EncodedBatch) -> Callable[[torch.Tensor], torch.Tensor]:
     """``u -> dev accuracy + 1e-6 * dev log-likelihood`` (accuracy, ties broken by likelihood)."""
 
     def score(u: torch.Tensor) -> torch.Tensor:
-        trace = potential.with_args(dev_batch, model=scorer).trace(u)
+        trace = potential.with_args(dev_batch).trace(u)
         probs = trace.nodes["y"]["fn"].probs.reshape(u.shape[0], len(dev_batch), -1)
         correct = (probs.argmax(-1) == dev_batch.labels).double().mean(-1)
         log_lik = probs.gather(-1, dev_batch.labels.expand(u.shape[0], -1).unsqueeze(-1)).log().sum((-1, -2))
@@ -230,16 +235,3 @@ def _potential(config: FitConfig, backend: PromptBlackBox, projection: RandomPro
     else:
         model = PromptModel(backend, projection, prior_scale=config.prior_scale)
     return Potential(model, (batch,))
-
-
-def _scoring_model(
-    config: FitConfig, backend: PromptBlackBox, projection: RandomProjection, potential: Potential
-) -> Callable:
-    """A score-based model with the same latent sites, for dev selection and test prediction.
-
-    Likelihood-free engines never get it during inference; it is used only after the
-    posterior is fixed, to evaluate it.
-    """
-    if not config.likelihood_free:
-        return potential.model
-    return PromptModel(backend, projection, prior_scale=config.prior_scale)

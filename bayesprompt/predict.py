@@ -18,7 +18,7 @@ from bayesprompt.inference.posterior import Posterior
 from bayesprompt.lm.base import EncodedBatch
 from bayesprompt.models.potential import Potential
 
-__all__ = ["EnsemblePredictions", "predict"]
+__all__ = ["EnsemblePredictions", "predict", "predict_votes"]
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,20 @@ class EnsemblePredictions:
     weights: torch.Tensor
     labels: torch.Tensor
 
-    def mean(self) -> torch.Tensor:
-        """Bayesian model average ``[N, C]``: the weighted mean of the per-sample probabilities."""
+    def mean(self, dirichlet_alpha: float = 0.0) -> torch.Tensor:
+        """Bayesian model average ``[N, C]``: the weighted mean of the per-sample probabilities.
+
+        With ``dirichlet_alpha > 0`` the average is smoothed as the posterior mean of a
+        Dirichlet(alpha) prior updated with ``S`` weighted votes,
+        ``(S * mean + alpha) / (S + C * alpha)``, so that a vote distribution (one-hot
+        per-sample probabilities) is not quantised to multiples of ``1/S``.
+        """
+        if dirichlet_alpha < 0:
+            raise ValueError(f"dirichlet_alpha must be >= 0, got {dirichlet_alpha}")
         w = self.weights.to(self.probs.dtype).reshape(-1, 1, 1)
-        return (w * self.probs).sum(0)
+        average = (w * self.probs).sum(0)
+        samples, classes = self.probs.shape[0], self.probs.shape[-1]
+        return (samples * average + dirichlet_alpha) / (samples + classes * dirichlet_alpha)
 
 
 def predict(
@@ -88,3 +98,33 @@ def predict(
         probs = fn.probs
         chunks.append(probs.expand(u.shape[0], *probs.shape[1:]).reshape(u.shape[0], len(part), -1))
     return EnsemblePredictions(torch.cat(chunks, dim=1).float(), posterior.weights, batch.labels)
+
+
+def predict_votes(
+    posterior: Posterior,
+    potential: Potential,
+    batch: EncodedBatch,
+    num_classes: int,
+    chunk_size: int = 256,
+    site: str = "y_pred",
+) -> EnsemblePredictions:
+    """Likelihood-free prediction: each sample's predicted label as a one-hot vote.
+
+    ``potential`` wraps a likelihood-free model whose deterministic site ``site`` holds
+    the label-only API's predictions; the result's :meth:`EnsemblePredictions.mean` is the
+    (optionally Dirichlet-smoothed) weighted vote distribution.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if len(batch) == 0:
+        raise ValueError("batch is empty: nothing to predict")
+    u = potential.pack(posterior.samples)
+    votes = []
+    for start in range(0, len(batch), chunk_size):
+        part = batch.select(slice(start, start + chunk_size))
+        outputs = potential.with_args(part).evaluate(u).outputs
+        if site not in outputs:
+            raise KeyError(f"the model has no deterministic site {site!r} of predicted labels")
+        votes.append(outputs[site].reshape(u.shape[0], len(part)))
+    onehot = torch.nn.functional.one_hot(torch.cat(votes, dim=1).long(), num_classes).float()
+    return EnsemblePredictions(onehot, posterior.weights, batch.labels)

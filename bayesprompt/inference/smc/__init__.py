@@ -1,0 +1,40 @@
+"""Sequential Monte Carlo: adaptive tempered SMC and its building blocks.
+
+* :class:`TemperedSMC` -- the engine (``run(TemperedSMC(...), potential)``);
+* :func:`resample` and the schemes :func:`systematic`, :func:`stratified`,
+  :func:`multinomial`, :func:`residual`;
+* :func:`ess`, :func:`normalize` -- weight utilities;
+* :func:`next_beta`, :func:`incremental_log_weights` -- adaptive tempering;
+* :class:`ABCSMC` -- the likelihood-free engine (defined in :mod:`.abc`).
+"""
+
+from bayesprompt.inference.smc.abc import ABCSMC, ABCSMCState
+from bayesprompt.inference.smc.ess import ess, normalize
+from bayesprompt.inference.smc.resampling import (
+    SCHEMES,
+    multinomial,
+    resample,
+    residual,
+    stratified,
+    systematic,
+)
+from bayesprompt.inference.smc.tempered import TemperedSMC, TemperedSMCState
+from bayesprompt.inference.smc.tempering import incremental_log_weights, next_beta, tempered_log_likelihood
+
+__all__ = [
+    "ABCSMC",
+    "ABCSMCState",
+    "SCHEMES",
+    "TemperedSMC",
+    "TemperedSMCState",
+    "ess",
+    "incremental_log_weights",
+    "multinomial",
+    "next_beta",
+    "normalize",
+    "resample",
+    "residual",
+    "stratified",
+    "systematic",
+    "tempered_log_likelihood",
+]

@@ -1,0 +1,388 @@
+"""Adaptive tempered SMC with random-walk Metropolis moves (gradient-free).
+
+The sampler moves a population from the prior (``beta = 0``) to the posterior
+(``beta = 1``) through ``p_beta(u) ∝ p(u) L(u)^beta`` in the model's unconstrained
+coordinates. One :meth:`TemperedSMC.step` is one *stage*:
+
+1. **Temper**: choose ``beta'`` by bisection so that the incremental weights
+   ``L^(beta' - beta)`` have ESS ``target_ess * N`` (:func:`next_beta`), reusing the
+   cached log likelihoods (no query).
+2. **Evidence**: ``log Z += logsumexp(log w_prev + incr)`` with the normalised previous
+   weights (here uniform, ``-log N``).
+3. **Proposal**: weighted mean-free covariance of the reweighted cloud, scaled by
+   ``scale^2 * 2.38^2 / D`` (Roberts & Rosenthal, 2001), full or diagonal, with jitter.
+4. **Resample** (always, with the chosen scheme): the population is equally weighted at
+   the start of every stage, so the ESS of the incremental weights *is* the conditional
+   ESS that the solver controls, and the evidence update needs no stored weights.
+5. **Move**: random-walk Metropolis on ``log p(u) + beta' log L(u)``. Each move scores
+   the whole population in one ``potential.evaluate`` call (``N`` API calls); accepted
+   particles keep the new log likelihoods, rejected ones their cached ones. After every
+   move the stage's mean acceptance rate ``a`` sets the number of moves to the smallest
+   ``m`` with ``1 - (1 - a)^m >= move_probability`` (the chance that a particle has moved
+   at least once), clipped to ``[min_moves, max_moves]``.
+6. **Adapt** (optional): ``scale *= exp(a - target_acceptance)`` for the next stage, so
+   the kernel is fixed within a stage.
+
+A stage either completes (returning a new immutable state) or raises, e.g.
+:class:`~bayesprompt.lm.meter.BudgetExhausted` from the meter, in which case
+:func:`~bayesprompt.inference.base.run` returns the last complete stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bayesprompt.inference.base import Engine, generator_from, make_generator
+from bayesprompt.inference.posterior import Posterior, Status
+from bayesprompt.inference.smc.ess import ess, normalize
+from bayesprompt.inference.smc.resampling import SCHEMES, resample
+from bayesprompt.inference.smc.tempering import incremental_log_weights, next_beta, tempered_log_likelihood
+from bayesprompt.models.potential import Evaluation, Potential, seeded
+
+__all__ = ["TemperedSMC", "TemperedSMCState"]
+
+PROPOSALS = ("auto", "full", "diag")
+_MAX_JITTER_TRIES = 8
+_SCALE_BOUNDS = (1e-3, 1e2)
+
+
+@dataclass(frozen=True)
+class TemperedSMCState:
+    """State of :class:`TemperedSMC` after a completed stage.
+
+    Attributes
+    ----------
+    particles : Evaluation
+        The equally weighted population targeting ``p_beta``, with cached log prior and
+        log likelihood (never recomputed).
+    beta : float
+        Current inverse temperature.
+    log_evidence : float
+        Estimate of ``log Z_beta = log ∫ p(u) L(u)^beta du`` (``log p(y)`` at ``beta = 1``).
+    scale : float
+        Random-walk scale multiplier for the next stage.
+    stage : int
+        Completed stages.
+    evaluations : int
+        Particle evaluations so far (the initial population included).
+    rng_state : Tensor
+        State of the engine's generator.
+    """
+
+    particles: Evaluation
+    beta: float
+    log_evidence: float
+    scale: float
+    stage: int
+    evaluations: int
+    rng_state: torch.Tensor
+
+
+class TemperedSMC(Engine[TemperedSMCState]):
+    """Adaptive tempered SMC with adaptive random-walk Metropolis moves.
+
+    Parameters
+    ----------
+    num_particles : int
+        Population size ``N``. Every move costs ``N`` API calls.
+    target_ess : float
+        Fraction of ``N`` the ESS may drop to at each tempering step, in ``(0, 1)``.
+    resampling : str
+        Resampling scheme (see :data:`~bayesprompt.inference.smc.resampling.SCHEMES`).
+    proposal : str
+        ``"full"`` (Cholesky of the particle covariance), ``"diag"`` (per-coordinate
+        variances) or ``"auto"``: full when ``N >= 4 D`` (enough particles to estimate a
+        covariance), diagonal otherwise.
+    min_moves, max_moves : int
+        Bounds on the Metropolis moves per stage.
+    move_probability : float
+        Target probability that a particle moves at least once per stage.
+    target_acceptance : float or None
+        Acceptance rate the proposal scale is adapted toward between stages
+        (``None``: keep ``initial_scale``).
+    initial_scale : float
+        Initial multiplier of the ``2.38 / sqrt(D)`` random-walk scale.
+    min_step : float
+        Smallest increment of ``beta`` per stage.
+    tol : float
+        Tolerance of the tempering bisection on ``ESS / N``.
+    max_stages : int
+        Stop with status ``max_iterations`` after this many stages.
+    jitter : float
+        Relative diagonal jitter added to the proposal covariance.
+
+    Examples
+    --------
+    >>> from bayesprompt.inference.base import run
+    >>> from bayesprompt.testing import LinearGaussian
+    >>> problem = LinearGaussian.random(dim=2, num_obs=5, seed=0)
+    >>> post = run(TemperedSMC(num_particles=64), Potential(problem.model), seed=0, progress=False)
+    >>> post.status, post.samples["z"].shape, post.summary["final_beta"]
+    ('finished', torch.Size([64, 2]), 1.0)
+    >>> abs(post.summary["log_evidence"] - problem.log_evidence()) < 1.0
+    True
+    """
+
+    name = "smc"
+    progress_keys = ("beta", "ess", "acceptance")
+
+    def __init__(
+        self,
+        num_particles: int = 64,
+        target_ess: float = 0.5,
+        resampling: str = "systematic",
+        proposal: str = "auto",
+        min_moves: int = 1,
+        max_moves: int = 10,
+        move_probability: float = 0.9,
+        target_acceptance: float | None = 0.25,
+        initial_scale: float = 1.0,
+        min_step: float = 1e-6,
+        tol: float = 1e-4,
+        max_stages: int = 1000,
+        jitter: float = 1e-6,
+    ) -> None:
+        _require(num_particles >= 2, f"num_particles must be >= 2, got {num_particles}")
+        _require(0.0 < target_ess < 1.0, f"target_ess must be in (0, 1), got {target_ess}")
+        _require(
+            resampling in SCHEMES, f"unknown resampling scheme {resampling!r}; choose one of {tuple(SCHEMES)}"
+        )
+        _require(proposal in PROPOSALS, f"proposal must be one of {PROPOSALS}, got {proposal!r}")
+        _require(
+            1 <= min_moves <= max_moves, f"need 1 <= min_moves <= max_moves, got {min_moves}, {max_moves}"
+        )
+        _require(0.0 < move_probability < 1.0, f"move_probability must be in (0, 1), got {move_probability}")
+        _require(
+            target_acceptance is None or 0.0 < target_acceptance < 1.0,
+            f"target_acceptance must be None or in (0, 1), got {target_acceptance}",
+        )
+        _require(initial_scale > 0, f"initial_scale must be > 0, got {initial_scale}")
+        _require(0.0 < min_step <= 1.0, f"min_step must be in (0, 1], got {min_step}")
+        _require(0.0 < tol < 1.0, f"tol must be in (0, 1), got {tol}")
+        _require(max_stages >= 1, f"max_stages must be >= 1, got {max_stages}")
+        _require(jitter >= 0, f"jitter must be >= 0, got {jitter}")
+        self.num_particles = int(num_particles)
+        self.target_ess = float(target_ess)
+        self.resampling = resampling
+        self.proposal = proposal
+        self.min_moves = int(min_moves)
+        self.max_moves = int(max_moves)
+        self.move_probability = float(move_probability)
+        self.target_acceptance = target_acceptance
+        self.initial_scale = float(initial_scale)
+        self.min_step = float(min_step)
+        self.tol = float(tol)
+        self.max_stages = int(max_stages)
+        self.jitter = float(jitter)
+
+    def __repr__(self) -> str:
+        return (
+            f"TemperedSMC(num_particles={self.num_particles}, target_ess={self.target_ess}, "
+            f"resampling={self.resampling!r}, proposal={self.proposal!r}, moves=[{self.min_moves}, "
+            f"{self.max_moves}], target_acceptance={self.target_acceptance})"
+        )
+
+    # ------------------------------------------------------------------ engine API
+    def init(self, potential: Potential, seed: int) -> TemperedSMCState:
+        """Draw ``N`` particles from the prior and score them (one query of ``N`` calls).
+
+        Raises
+        ------
+        ValueError
+            If no initial particle has a finite log likelihood (nothing to temper toward).
+        """
+        generator = make_generator(seed)
+        particles = _sanitised(potential.init_population(self.num_particles, generator))
+        if not bool(torch.isfinite(particles.log_likelihood).any()):
+            raise ValueError(
+                f"{self.name}: all {self.num_particles} initial particles have a -inf or NaN log "
+                "likelihood; the likelihood is zero (or undefined) on the prior draws -- check the "
+                "model and data, or use more particles"
+            )
+        if (particles.log_likelihood == math.inf).any():
+            raise ValueError(f"{self.name}: an initial particle has a +inf log likelihood")
+        return TemperedSMCState(
+            particles=particles,
+            beta=0.0,
+            log_evidence=0.0,
+            scale=self.initial_scale,
+            stage=0,
+            evaluations=self.num_particles,
+            rng_state=generator.get_state(),
+        )
+
+    def step(self, potential: Potential, state: TemperedSMCState) -> tuple[TemperedSMCState, dict[str, Any]]:
+        """One stage: temper, reweight, resample, move (see the module docstring)."""
+        generator = generator_from(state.rng_state)
+        particles = state.particles
+        beta = next_beta(particles.log_likelihood, state.beta, self.target_ess, self.min_step, self.tol)
+        increments = incremental_log_weights(particles.log_likelihood, state.beta, beta)
+        log_evidence = state.log_evidence + float(torch.logsumexp(increments, 0)) - math.log(len(particles))
+        stage_ess = ess(increments)
+        factor = self._proposal_factor(particles.u, normalize(increments), state.scale)
+        particles = particles.select(resample(increments, len(particles), generator, self.resampling))
+        particles, rates = self._move(potential, particles, beta, factor, generator)
+        acceptance = sum(rates) / len(rates)
+        new_state = TemperedSMCState(
+            particles=particles,
+            beta=beta,
+            log_evidence=log_evidence,
+            scale=self._adapted_scale(state.scale, acceptance),
+            stage=state.stage + 1,
+            evaluations=state.evaluations + len(rates) * len(particles),
+            rng_state=generator.get_state(),
+        )
+        info = {
+            "stage": new_state.stage,
+            "beta": beta,
+            "ess": stage_ess,
+            "acceptance": acceptance,
+            "moves": len(rates),
+            "scale": state.scale,
+            "log_evidence": log_evidence,
+            "evaluations": new_state.evaluations,
+        }
+        return new_state, info
+
+    def stop_reason(self, state: TemperedSMCState) -> str | None:
+        """``finished`` once a stage at ``beta = 1`` is done; ``max_iterations`` after ``max_stages``."""
+        if state.beta >= 1.0:
+            return Status.FINISHED
+        if state.stage >= self.max_stages:
+            return Status.MAX_ITERATIONS
+        return None
+
+    def posterior(self, potential: Potential, state: TemperedSMCState) -> Posterior:
+        """The equally weighted population, in constrained coordinates.
+
+        Before ``beta = 1`` (budget exhausted, ``max_stages``) the particles target the
+        tempered ``p_beta``, not the posterior: ``summary["final_beta"]`` says which.
+        """
+        samples = {name: value.detach() for name, value in potential.unpack(state.particles.u).items()}
+        return Posterior(
+            samples,
+            torch.zeros(len(state.particles), dtype=torch.float64),
+            status=self.stop_reason(state) or "running",
+            engine=self.name,
+            summary={
+                "log_evidence": state.log_evidence,
+                "final_beta": state.beta,
+                "stages": state.stage,
+                "evaluations": state.evaluations,
+            },
+        )
+
+    # ------------------------------------------------------------------ internals
+    def _move(
+        self,
+        potential: Potential,
+        particles: Evaluation,
+        beta: float,
+        factor: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[Evaluation, list[float]]:
+        """Metropolis moves until the planned number (re-planned after each move) is done."""
+        rates: list[float] = []
+        planned = self.min_moves
+        while len(rates) < planned:
+            particles, rate = _metropolis(potential, particles, beta, factor, generator)
+            rates.append(rate)
+            planned = self._planned_moves(sum(rates) / len(rates))
+        return particles, rates
+
+    def _planned_moves(self, acceptance: float) -> int:
+        """Smallest ``m`` with ``1 - (1 - acceptance)^m >= move_probability``, clipped."""
+        if acceptance <= 0.0:
+            return self.max_moves
+        if acceptance >= 1.0:
+            return self.min_moves
+        moves = math.ceil(math.log1p(-self.move_probability) / math.log1p(-acceptance))
+        return min(max(moves, self.min_moves), self.max_moves)
+
+    def _adapted_scale(self, scale: float, acceptance: float) -> float:
+        if self.target_acceptance is None:
+            return scale
+        low, high = _SCALE_BOUNDS
+        return min(max(scale * math.exp(acceptance - self.target_acceptance), low), high)
+
+    def _proposal_factor(self, u: torch.Tensor, log_weights: torch.Tensor, scale: float) -> torch.Tensor:
+        """Random-walk factor: std vector ``[D]`` (diagonal) or Cholesky factor ``[D, D]``."""
+        dim = u.shape[1]
+        full = self.proposal == "full" or (self.proposal == "auto" and len(u) >= 4 * dim)
+        estimate = _weighted_cholesky if full else _weighted_std
+        factor = estimate(u, log_weights, self.jitter)
+        return (scale * 2.38 / math.sqrt(dim)) * factor
+
+
+def _metropolis(
+    potential: Potential,
+    particles: Evaluation,
+    beta: float,
+    factor: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[Evaluation, float]:
+    """One random-walk Metropolis move of the whole population (one evaluate call)."""
+    u = particles.u
+    noise = torch.randn(u.shape, generator=generator, dtype=torch.float64)
+    step = noise * factor if factor.ndim == 1 else noise @ factor.T
+    with seeded(generator):  # model-internal randomness stays a function of the engine seed
+        proposed = _sanitised(potential.evaluate((u.double() + step).to(u.dtype)))
+    proposed_target = _log_target(proposed, beta)
+    log_ratio = proposed_target - _log_target(particles, beta)
+    log_uniform = torch.log(torch.rand(len(particles), generator=generator, dtype=torch.float64))
+    # NaN ratios reject; so do +inf densities (a degenerate likelihood, e.g. a zero noise scale)
+    accept = (log_uniform < log_ratio) & (proposed_target < math.inf)
+    return Evaluation.where(accept, proposed, particles), float(accept.double().mean())
+
+
+def _log_target(particles: Evaluation, beta: float) -> torch.Tensor:
+    """``log p(u) + beta log L(u)`` in float64 (``-inf`` where the likelihood is zero)."""
+    return particles.log_prior.double() + tempered_log_likelihood(particles.log_likelihood, beta)
+
+
+def _sanitised(evaluation: Evaluation) -> Evaluation:
+    """Map NaN log densities to ``-inf`` (a zero density, never accepted or resampled)."""
+    return Evaluation(
+        evaluation.u,
+        torch.nan_to_num(evaluation.log_prior, nan=-math.inf, posinf=math.inf, neginf=-math.inf),
+        torch.nan_to_num(evaluation.log_likelihood, nan=-math.inf, posinf=math.inf, neginf=-math.inf),
+        evaluation.outputs,
+    )
+
+
+def _weighted_moments(u: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``[N]`` and weighted-mean-centred particles ``[N, D]`` (float64)."""
+    weights = log_weights.exp().to(torch.float64)
+    u = u.detach().to(torch.float64)
+    centred = u - weights @ u
+    return weights, centred
+
+
+def _weighted_std(u: torch.Tensor, log_weights: torch.Tensor, jitter: float) -> torch.Tensor:
+    weights, centred = _weighted_moments(u, log_weights)
+    variance = weights @ centred.square()
+    return (variance + jitter * variance.mean() + 1e-12).sqrt()
+
+
+def _weighted_cholesky(u: torch.Tensor, log_weights: torch.Tensor, jitter: float) -> torch.Tensor:
+    """Cholesky factor of the weighted covariance; jitter grows until it factorises."""
+    weights, centred = _weighted_moments(u, log_weights)
+    cov = (centred * weights.unsqueeze(1)).T @ centred
+    cov = 0.5 * (cov + cov.T)
+    eye = torch.eye(cov.shape[0], dtype=torch.float64)
+    ridge = jitter * float(cov.diagonal().mean()) + 1e-12
+    for _ in range(_MAX_JITTER_TRIES):
+        factor, status = torch.linalg.cholesky_ex(cov + ridge * eye)
+        if int(status) == 0:
+            return factor
+        ridge *= 10.0
+    return _weighted_std(u, log_weights, jitter)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
