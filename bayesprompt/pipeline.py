@@ -234,4 +234,4 @@ def _potential(config: FitConfig, backend: PromptBlackBox, projection: RandomPro
         model = LikelihoodFreePromptModel(LabelOnly(backend), projection, prior_scale=config.prior_scale)
     else:
         model = PromptModel(backend, projection, prior_scale=config.prior_scale)
-    return Potential(model, (batch,))
+    return Potential(model, (batch,), meter=backend.meter)

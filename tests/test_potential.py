@@ -120,3 +120,20 @@ def test_with_args_shares_sites_and_rebinds_data():
         [dist.Normal(values["loc"][i, 0] - values["loc"][i, 1], values["scale"][i]).log_prob(Y[:2]).sum() for i in range(3)]
     )
     torch.testing.assert_close(other.evaluate(population.u).log_likelihood, expected)
+
+
+def test_discover_sites_with_a_meter_costs_no_query():
+    problem = LinearGaussian.random(dim=3, num_obs=4, seed=0)
+    potential = Potential(problem.model, meter=problem.meter)
+    sites = potential.discover_sites()
+    assert [(s.name, s.shape) for s in sites] == [("z", (3,))]
+    assert problem.meter.calls == 0 and problem.meter.queries == 0
+    assert potential.evaluate(torch.zeros(2, 3)).log_likelihood.shape == (2,)
+    assert problem.meter.calls == 2
+
+
+def test_discover_sites_without_a_meter_evaluates_one_draw():
+    problem = LinearGaussian.random(dim=2, num_obs=4, seed=0)
+    potential = Potential(problem.model)
+    potential.discover_sites()
+    assert potential.dim == 2 and problem.meter.calls == 1

@@ -30,6 +30,7 @@ class Status:
     BUDGET_EXHAUSTED = "budget_exhausted"
     MAX_ITERATIONS = "max_iterations"
     STALLED = "stalled"
+    RUNNING = "running"
 
 
 @dataclass
@@ -52,6 +53,9 @@ class Posterior:
         Engine name.
     summary : dict
         Engine-level scalars such as ``log_evidence``.
+    num_chains : int
+        For MCMC output: samples are stored chain-major, ``S = num_chains * draws``
+        (``samples[site].reshape(num_chains, draws, ...)``). 1 for particle engines.
 
     Examples
     --------
@@ -67,6 +71,7 @@ class Posterior:
     status: str = Status.FINISHED
     engine: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    num_chains: int = 1
 
     def __post_init__(self) -> None:
         if not self.samples:
@@ -81,6 +86,8 @@ class Posterior:
         if torch.isnan(log_weights).any() or not torch.isfinite(log_weights).any():
             raise ValueError("log_weights must contain no NaN and at least one finite value")
         self.log_weights = log_weights - torch.logsumexp(log_weights, 0)
+        if self.num_chains < 1 or n % self.num_chains:
+            raise ValueError(f"num_chains={self.num_chains} does not divide the {n} samples")
 
     @property
     def num_samples(self) -> int:
@@ -131,6 +138,7 @@ class Posterior:
             "api_calls": self.api_calls,
             "summary": _jsonable(self.summary),
             "diagnostics": _jsonable(self.diagnostics),
+            "num_chains": self.num_chains,
         }
         _atomic_write(directory / "posterior.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
@@ -165,6 +173,7 @@ class Posterior:
             meta.get("status", Status.FINISHED),
             meta.get("engine", ""),
             meta.get("summary", {}),
+            int(meta.get("num_chains", 1)),
         )
 
 

@@ -11,9 +11,11 @@ calls, ``P * B`` sequences and the tokens of those sequences.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
-__all__ = ["BudgetExhausted", "Meter", "MeterSnapshot"]
+__all__ = ["BudgetExhausted", "Meter", "MeterSnapshot", "ProbeInterrupt"]
 
 
 class BudgetExhausted(Exception):
@@ -40,6 +42,14 @@ class BudgetExhausted(Exception):
             f"API budget exhausted: {used} of {budget} calls used, the next query needs "
             f"{requested} (only {budget - used} left)"
         )
+
+
+class ProbeInterrupt(Exception):
+    """Raised by :meth:`Meter.charge` inside :meth:`Meter.probe`: a query was about to run.
+
+    Used to run a model up to (not including) its first black-box query, e.g. to learn
+    its latent sites for free.
+    """
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,16 @@ class Meter:
         self.sequences = 0
         self.tokens = 0
         self.queries = 0
+        self._probing = False
+
+    @contextlib.contextmanager
+    def probe(self) -> Iterator[None]:
+        """Within this block any query raises :class:`ProbeInterrupt` instead of running."""
+        previous, self._probing = self._probing, True
+        try:
+            yield
+        finally:
+            self._probing = previous
 
     @property
     def remaining(self) -> int | None:
@@ -99,6 +119,8 @@ class Meter:
         """Record one batched query, or raise :class:`BudgetExhausted` without recording it."""
         if calls < 0 or sequences < 0 or tokens < 0:
             raise ValueError("charge() needs non-negative counts")
+        if self._probing:
+            raise ProbeInterrupt("query attempted while probing the model")
         if not self.can_afford(calls):
             raise BudgetExhausted(self.budget, self.calls, calls)
         self.calls += calls

@@ -30,6 +30,8 @@ from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Transform, biject_to
 
+from bayesprompt.lm.meter import Meter, ProbeInterrupt
+
 __all__ = ["Evaluation", "Potential", "SiteInfo", "seeded"]
 
 PARTICLE_PLATE = "_particles"
@@ -124,6 +126,10 @@ class Potential:
         Arguments for the model (e.g. the encoded training batch).
     max_plate_nesting : int
         Number of plates the model nests (the particle plate goes left of them).
+    meter : Meter or None
+        The meter of the black box the model queries. With it, :meth:`discover_sites`
+        learns the latent sites by running the model only up to its first query (free);
+        without it, discovery evaluates one prior draw (one query).
 
     Examples
     --------
@@ -144,6 +150,7 @@ class Potential:
         model_args: tuple = (),
         model_kwargs: dict | None = None,
         max_plate_nesting: int = 1,
+        meter: Meter | None = None,
     ) -> None:
         if max_plate_nesting < 0:
             raise ValueError(f"max_plate_nesting must be >= 0, got {max_plate_nesting}")
@@ -151,6 +158,7 @@ class Potential:
         self.model_args = tuple(model_args)
         self.model_kwargs = dict(model_kwargs or {})
         self.max_plate_nesting = max_plate_nesting
+        self.meter = meter
         self._sites: tuple[SiteInfo, ...] | None = None
         self._full_shapes: dict[str, tuple[int, ...]] = {}
 
@@ -214,6 +222,29 @@ class Potential:
         u = self._check_u(u)
         return self._trace(u.shape[0], data=self._condition_data(u))
 
+    def discover_sites(self, generator: torch.Generator | None = None) -> tuple[SiteInfo, ...]:
+        """Learn the latent sites without a query when possible (see ``meter``).
+
+        With a meter, the model runs under :meth:`Meter.probe` and is interrupted at its
+        first black-box query; all latent sites drawn before it are recorded. Latent sites
+        drawn *after* the first query are not found this way, so a model that does that
+        should be given no meter here.
+        """
+        if self._sites is not None:
+            return self._sites
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        if self.meter is None:
+            self.init_population(1, generator)
+            return self.sites
+        tracer = poutine.trace(self._vectorised(1))
+        with seeded(generator), self.meter.probe(), torch.no_grad():
+            try:
+                tracer(*self.model_args, **self.model_kwargs)
+            except ProbeInterrupt:
+                pass
+        self._sites = self._discover_sites(tracer.trace, 1)
+        return self._sites
+
     @property
     def is_initialised(self) -> bool:
         """Whether the latent sites are known (after the first :meth:`init_population`)."""
@@ -226,7 +257,7 @@ class Potential:
         twin of a likelihood-free model, to evaluate a fixed posterior).
         """
         model = self.model if model is None else model
-        other = Potential(model, model_args, model_kwargs, self.max_plate_nesting)
+        other = Potential(model, model_args, model_kwargs, self.max_plate_nesting, self.meter)
         other._sites = self.sites
         other._full_shapes = self._full_shapes
         return other

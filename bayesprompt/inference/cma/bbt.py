@@ -114,8 +114,7 @@ class CMAES(Engine[CMAState]):
 
     def init(self, potential: Potential, seed: int) -> CMAState:
         """Start at the prior draw-free point ``u = 0`` (BBT's initialisation)."""
-        if not potential.is_initialised:
-            potential.init_population(1, torch.Generator().manual_seed(seed))
+        potential.discover_sites(torch.Generator().manual_seed(seed))
         options = {
             "popsize": self.popsize,
             "seed": int(seed) + 1,  # pycma treats seed 0 as "random"
