@@ -133,7 +133,7 @@ def fit(config: FitConfig, progress: bool = True, engine: Engine | None = None) 
     task = get_task(config.task)
     train, dev, test = _load_examples(task, config)
     meter = Meter(config.budget)
-    backend = load_backend(config.backend, task, model=config.model, meter=meter, precision=config.precision)
+    backend = _backend(config, task, meter)
     projection = RandomProjection.from_embeddings(
         backend.embedding_table(),
         intrinsic_dim=config.intrinsic_dim,
@@ -227,6 +227,17 @@ def _load_examples(task: Task, config: FitConfig):
     if config.test_size is not None:
         test = balanced_subsample(test, task.num_classes, config.test_size, seed=config.data_seed)
     return train, dev, test
+
+
+def _backend(config: FitConfig, task: Task, meter: Meter) -> PromptBlackBox:
+    kwargs: dict[str, Any] = {"meter": meter, "precision": config.precision}
+    if config.backend == "encoder":
+        kwargs["model_path"] = config.model
+    elif config.model is None:
+        raise ValueError("backend 'mlm' needs a model: pass --model with a local path or hub id (e.g. roberta-large)")
+    else:
+        kwargs["model_name_or_path"] = config.model
+    return load_backend(config.backend, task, **kwargs)
 
 
 def _potential(config: FitConfig, backend: PromptBlackBox, projection: RandomProjection, batch: EncodedBatch) -> Potential:

@@ -59,14 +59,24 @@ class EncodedBatch:
         return int(self.attention_mask.sum())
 
     def select(self, index: slice | torch.Tensor) -> "EncodedBatch":
-        """Return the sub-batch at ``index`` (trimmed of all-padding columns)."""
+        """Return the sub-batch at ``index`` (trimmed of all-padding columns).
+
+        Per-token extras (2-D with the width of ``input_ids``) are trimmed alike.
+        """
         mask = self.attention_mask[index]
+        full_width = self.input_ids.shape[1]
         width = int(mask.sum(-1).max()) if mask.numel() else 0
+
+        def trim(value: torch.Tensor) -> torch.Tensor:
+            value = value[index]
+            is_per_token = value.ndim == 2 and value.shape[1] == full_width
+            return value[:, :width] if is_per_token else value
+
         return EncodedBatch(
-            input_ids=self.input_ids[index][:, :width],
-            attention_mask=mask[:, :width],
+            input_ids=trim(self.input_ids),
+            attention_mask=trim(self.attention_mask),
             labels=self.labels[index],
-            extras={k: v[index] for k, v in self.extras.items()},
+            extras={k: trim(v) for k, v in self.extras.items()},
         )
 
 
@@ -88,7 +98,10 @@ class PromptBlackBox(ABC):
     Notes
     -----
     Subclasses set ``self.embed_dim`` and implement :meth:`encode` and
-    :meth:`_score_chunk`. Only :meth:`score` is public for querying.
+    :meth:`_score_chunk` (and may add checks in :meth:`_check_query`). Only
+    :meth:`score` is public for querying. With ``precision="bf16"`` the whole of
+    ``_score_chunk`` runs under autocast: a backend switches it off around steps that
+    must stay in fp32 (pooling, cosines).
     """
 
     embed_dim: int
@@ -143,6 +156,7 @@ class PromptBlackBox(ABC):
         prompts = self._check_prompts(prompts)
         if len(batch) == 0:
             raise ValueError("batch is empty: score() needs at least one example")
+        self._check_query(prompts, batch)
         num_prompts, num_slots, _ = prompts.shape
         num_examples = len(batch)
         self.meter.charge(
@@ -152,6 +166,9 @@ class PromptBlackBox(ABC):
         )
         with torch.inference_mode(), self._autocast():
             return self._score_chunked(prompts.to(self.device), batch)
+
+    def _check_query(self, prompts: torch.Tensor, batch: EncodedBatch) -> None:
+        """Backend-specific validation of a query, run before it is charged (default: none)."""
 
     def _score_chunked(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
         num_prompts, num_examples = prompts.shape[0], len(batch)
