@@ -167,7 +167,7 @@ class FakeBlackBox(PromptBlackBox):
         """A random ``[50, d]`` "word embedding" table (for projections)."""
         return self._embeddings
 
-    def encode(self, examples: Sequence[Example]) -> EncodedBatch:
+    def encode(self, examples: Sequence[Example], template: Task | None = None) -> EncodedBatch:
         """Features from a stable hash of each text."""
         features = []
         for example in examples:

@@ -373,7 +373,7 @@ class LinearBlackBox(PromptBlackBox):
         self.features = features
         self.readout = torch.randn(self.embed_dim, self.embed_dim, generator=torch.Generator().manual_seed(1))
 
-    def encode(self, examples: Sequence[Example]) -> EncodedBatch:
+    def encode(self, examples: Sequence[Example], template=None) -> EncodedBatch:
         index = torch.tensor([int(e.text) for e in examples])
         return EncodedBatch(
             input_ids=index.unsqueeze(-1),

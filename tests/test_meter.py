@@ -28,7 +28,7 @@ class FakeBox(PromptBlackBox):
         super().__init__(TASK, meter=meter, max_sequences=max_sequences)
         self.passes = 0
 
-    def encode(self, examples: Sequence[Example]) -> EncodedBatch:
+    def encode(self, examples: Sequence[Example], template=None) -> EncodedBatch:
         lengths = [len(ex.text.split()) for ex in examples]
         width = max(lengths)
         mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])

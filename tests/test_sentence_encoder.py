@@ -206,3 +206,17 @@ def test_load_backend_rejects_unknown_kind():
         load_backend("gpt", SST2)
     with pytest.raises(ValueError, match="needs model_name_or_path"):
         load_backend("mlm", SST2)
+
+
+def test_ood_inputs_render_with_their_own_template(box):
+    """Pair inputs (RTE-style) can be scored by a single-sentence task's backend."""
+    from bayesprompt.data import get_task
+
+    rte = get_task("rte")
+    pair = [Example("A man is sleeping.", 0, "Someone rests."), Example("It rains.", 1, "The sun shines.")]
+    with pytest.raises(ValueError):
+        box.encode(pair)  # the SST-2-style task has no text_pair
+    batch = box.encode(pair, template=rte)
+    scores = box.score(torch.zeros(1, 0, box.embed_dim), batch)
+    assert scores.shape == (1, 2, box.num_classes)
+    assert (batch.input_ids == box.tokenizer.sep_token_id).sum(-1).tolist() == [2, 2]

@@ -133,8 +133,13 @@ class PromptBlackBox(ABC):
         return torch.device("cpu")
 
     @abstractmethod
-    def encode(self, examples: Sequence[Example]) -> EncodedBatch:
-        """Tokenise examples once for this backend (no query, no charge)."""
+    def encode(self, examples: Sequence[Example], template: Task | None = None) -> EncodedBatch:
+        """Tokenise examples once for this backend (no query, no charge).
+
+        ``template`` (default: this backend's task) renders the examples with another
+        task's template, e.g. out-of-distribution inputs scored with this task's
+        verbalizers; their labels are validated against ``template``.
+        """
 
     @abstractmethod
     def _score_chunk(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:

@@ -64,9 +64,9 @@ class LabelOnly:
         """Width ``d`` of the prompt vectors."""
         return self.__blackbox.embed_dim
 
-    def encode(self, examples: Sequence[Example]) -> EncodedBatch:
-        """Tokenise examples (no query)."""
-        return self.__blackbox.encode(examples)
+    def encode(self, examples: Sequence[Example], template: Task | None = None) -> EncodedBatch:
+        """Tokenise examples (no query); see :meth:`PromptBlackBox.encode`."""
+        return self.__blackbox.encode(examples, template)
 
     def predict(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
         """Return predicted labels ``[P, B]`` (int64); charged like :meth:`PromptBlackBox.score`."""

@@ -128,19 +128,24 @@ class MaskedLMBlackBox(PromptBlackBox):
         """Return the word-embedding matrix ``[V, d]`` (a read-only view; not a query)."""
         return self.model.get_input_embeddings().weight.detach()
 
-    def encode(self, examples: Sequence[Example]) -> EncodedBatch:
+    def encode(self, examples: Sequence[Example], template: Task | None = None) -> EncodedBatch:
         """Fill the template and tokenise; ``extras["mask_position"]`` is the mask index.
 
         The mask index is relative to the text sequence (without prompt slots). No query
         is made and nothing is charged. An empty sequence gives an empty batch.
+        ``template`` renders the examples with another task's template (e.g. OOD inputs);
+        the scores still use this backend's verbalizers.
         """
+        template = self.task if template is None else template
         examples = list(examples)
-        labels = example_labels(examples, self.task)
+        labels = example_labels(examples, template)
         if not examples:
             empty = torch.zeros(0, 0, dtype=torch.long)
             return EncodedBatch(empty, empty.clone(), labels, {"mask_position": labels.clone()})
-        texts, pairs = example_texts(examples, self.task)
-        rows = [self._encode_one(t, pairs[i] if pairs else None) for i, t in enumerate(texts)]
+        texts, pairs = example_texts(examples, template)
+        rows = [
+            self._encode_one(t, pairs[i] if pairs else None, template.mlm_template) for i, t in enumerate(texts)
+        ]
         return self._collate(rows, labels)
 
     def _check_query(self, prompts: torch.Tensor, batch: EncodedBatch) -> None:
@@ -173,8 +178,8 @@ class MaskedLMBlackBox(PromptBlackBox):
         hidden = self.model.base_model(inputs_embeds=inputs, attention_mask=attention)[0]
         return self._head(hidden[rows, mask_at])
 
-    def _encode_one(self, text: str, pair: str | None) -> list[int]:
-        string, spans = fill_template(self.task.mlm_template, self.tokenizer.mask_token, text, pair)
+    def _encode_one(self, text: str, pair: str | None, mlm_template: str) -> list[int]:
+        string, spans = fill_template(mlm_template, self.tokenizer.mask_token, text, pair)
         enc = self.tokenizer(
             string, return_offsets_mapping=True, return_special_tokens_mask=True, verbose=False
         )

@@ -157,17 +157,20 @@ class SentenceEncoderBlackBox(PromptBlackBox):
         """
         return self.model.get_input_embeddings().weight.detach()
 
-    def encode(self, examples: Sequence[Example]) -> EncodedBatch:
+    def encode(self, examples: Sequence[Example], template: Task | None = None) -> EncodedBatch:
         """Tokenise ``[CLS] text [SEP]`` (``[CLS] text [SEP] pair [SEP]`` for pair tasks).
 
         No query is made and nothing is charged. An empty sequence gives an empty batch
-        (which :meth:`score` refuses).
+        (which :meth:`score` refuses). ``template`` renders the examples as another
+        task's inputs (single or pair, e.g. OOD inputs); the scores still use this
+        backend's verbalizers.
         """
+        template = self.task if template is None else template
         examples = list(examples)
-        labels = example_labels(examples, self.task)
+        labels = example_labels(examples, template)
         if not examples:
             return _empty_batch()
-        texts, pairs = example_texts(examples, self.task)
+        texts, pairs = example_texts(examples, template)
         enc = self.tokenizer(
             texts,
             pairs,
