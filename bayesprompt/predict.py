@@ -6,6 +6,10 @@ probabilities ``[S, N, C]``. The Bayesian model average is their weighted mean. 
 works for any prompt model whose observed site is a Categorical, e.g. with a latent
 likelihood temperature. Large evaluation sets stream in chunks of examples, so memory
 stays bounded; each chunk costs one metered call per sample.
+
+:meth:`EnsemblePredictions.uncertainty` gives the per-example uncertainty scores of
+:mod:`bayesprompt.uncertainty` (predictive/expected entropy, mutual information,
+``1 - max p``, ``1 - vote margin``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from bayesprompt.inference.posterior import Posterior
 from bayesprompt.lm.base import EncodedBatch
 from bayesprompt.models.potential import Potential
+from bayesprompt.uncertainty import uncertainty_scores
 
 __all__ = ["EnsemblePredictions", "predict", "predict_votes"]
 
@@ -33,11 +38,33 @@ class EnsemblePredictions:
         Normalised posterior weights.
     labels : Tensor ``[N]``
         Gold labels of the evaluated examples.
+
+    Examples
+    --------
+    >>> pred = EnsemblePredictions(
+    ...     torch.tensor([[[0.9, 0.1], [0.4, 0.6]], [[0.7, 0.3], [0.2, 0.8]]]),
+    ...     torch.tensor([0.5, 0.5]),
+    ...     torch.tensor([0, 1]),
+    ... )
+    >>> pred.mean()
+    tensor([[0.8000, 0.2000],
+            [0.3000, 0.7000]])
+    >>> [round(v, 4) for v in pred.uncertainty()["mutual_information"].tolist()]
+    [0.0324, 0.0242]
     """
 
     probs: torch.Tensor
     weights: torch.Tensor
     labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.probs.ndim != 3:
+            raise ValueError(f"probs must be [S, N, C], got shape {tuple(self.probs.shape)}")
+        samples, examples = self.probs.shape[:2]
+        if tuple(self.weights.shape) != (samples,):
+            raise ValueError(f"weights must be [S={samples}], got shape {tuple(self.weights.shape)}")
+        if tuple(self.labels.shape) != (examples,):
+            raise ValueError(f"labels must be [N={examples}], got shape {tuple(self.labels.shape)}")
 
     def mean(self, dirichlet_alpha: float = 0.0) -> torch.Tensor:
         """Bayesian model average ``[N, C]``: the weighted mean of the per-sample probabilities.
@@ -53,6 +80,14 @@ class EnsemblePredictions:
         average = (w * self.probs).sum(0)
         samples, classes = self.probs.shape[0], self.probs.shape[-1]
         return (samples * average + dirichlet_alpha) / (samples + classes * dirichlet_alpha)
+
+    def uncertainty(self) -> dict[str, torch.Tensor]:
+        """Per-example uncertainty scores ``{name: [N]}``, higher = more uncertain.
+
+        See :func:`bayesprompt.uncertainty.uncertainty_scores` for the names and
+        definitions; the weights are the posterior weights.
+        """
+        return uncertainty_scores(self.probs, self.weights)
 
 
 def predict(
