@@ -14,6 +14,7 @@ stays bounded; each chunk costs one metered call per sample.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -116,23 +117,19 @@ def predict(
     -------
     EnsemblePredictions
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if len(batch) == 0:
-        raise ValueError("batch is empty: nothing to predict")
-    u = potential.pack(posterior.samples)
-    chunks = []
-    for start in range(0, len(batch), chunk_size):
-        part = batch.select(slice(start, start + chunk_size))
-        trace = potential.with_args(part).trace(u)
+
+    def class_probs(part_potential: Potential, u: torch.Tensor, part: EncodedBatch) -> torch.Tensor:
+        trace = part_potential.trace(u)
         if site not in trace.nodes:
             raise KeyError(f"the model has no site {site!r}; pass site= the observed label site")
         fn = trace.nodes[site]["fn"]
         if not hasattr(fn, "probs"):
             raise TypeError(f"site {site!r} is a {type(fn).__name__}, not a Categorical")
         probs = fn.probs
-        chunks.append(probs.expand(u.shape[0], *probs.shape[1:]).reshape(u.shape[0], len(part), -1))
-    return EnsemblePredictions(torch.cat(chunks, dim=1).float(), posterior.weights, batch.labels)
+        return probs.expand(u.shape[0], *probs.shape[1:]).reshape(u.shape[0], len(part), -1)
+
+    probs = _stream(posterior, potential, batch, chunk_size, class_probs)
+    return EnsemblePredictions(probs.float(), posterior.weights, batch.labels)
 
 
 def predict_votes(
@@ -149,17 +146,33 @@ def predict_votes(
     the label-only API's predictions; the result's :meth:`EnsemblePredictions.mean` is the
     (optionally Dirichlet-smoothed) weighted vote distribution.
     """
+
+    def predicted_labels(part_potential: Potential, u: torch.Tensor, part: EncodedBatch) -> torch.Tensor:
+        outputs = part_potential.evaluate(u).outputs
+        if site not in outputs:
+            raise KeyError(f"the model has no deterministic site {site!r} of predicted labels")
+        return outputs[site].reshape(u.shape[0], len(part))
+
+    votes = _stream(posterior, potential, batch, chunk_size, predicted_labels)
+    onehot = torch.nn.functional.one_hot(votes.long(), num_classes).float()
+    return EnsemblePredictions(onehot, posterior.weights, batch.labels)
+
+
+def _stream(
+    posterior: Posterior,
+    potential: Potential,
+    batch: EncodedBatch,
+    chunk_size: int,
+    read: Callable[[Potential, torch.Tensor, EncodedBatch], torch.Tensor],
+) -> torch.Tensor:
+    """Run ``read(potential_on_chunk, u, chunk)`` over chunks of examples; concatenate on dim 1."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if len(batch) == 0:
         raise ValueError("batch is empty: nothing to predict")
     u = potential.pack(posterior.samples)
-    votes = []
+    parts = []
     for start in range(0, len(batch), chunk_size):
         part = batch.select(slice(start, start + chunk_size))
-        outputs = potential.with_args(part).evaluate(u).outputs
-        if site not in outputs:
-            raise KeyError(f"the model has no deterministic site {site!r} of predicted labels")
-        votes.append(outputs[site].reshape(u.shape[0], len(part)))
-    onehot = torch.nn.functional.one_hot(torch.cat(votes, dim=1).long(), num_classes).float()
-    return EnsemblePredictions(onehot, posterior.weights, batch.labels)
+        parts.append(read(potential.with_args(part), u, part))
+    return torch.cat(parts, dim=1)

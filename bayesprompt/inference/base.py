@@ -109,7 +109,9 @@ def run(
     state : engine state or None
         Resume from this state instead of calling ``engine.init``.
     """
-    if state is None:
+    if state is not None:
+        potential.discover_sites()  # a fresh Potential (e.g. on resume) learns its sites, free with a meter
+    else:
         try:
             state = engine.init(potential, seed)
         except BudgetExhausted as err:

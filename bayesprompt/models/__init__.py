@@ -1,0 +1,16 @@
+"""Pyro prompt models, the random projection and the Potential bridge to the engines."""
+
+from bayesprompt.models.potential import Evaluation, Potential, SiteInfo, seeded
+from bayesprompt.models.projection import RandomProjection
+from bayesprompt.models.prompt import DEFAULT_PRIOR_SCALE, LikelihoodFreePromptModel, PromptModel
+
+__all__ = [
+    "DEFAULT_PRIOR_SCALE",
+    "Evaluation",
+    "LikelihoodFreePromptModel",
+    "Potential",
+    "PromptModel",
+    "RandomProjection",
+    "SiteInfo",
+    "seeded",
+]

@@ -110,7 +110,7 @@ def seeded(generator: torch.Generator) -> Iterator[None]:
     """
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: never touches CUDA seeds
         yield
 
 
