@@ -1,5 +1,16 @@
-"""CMA-ES engines: BBT's single-prompt search (and, later, prompt ensembles and CMA-ELBO)."""
+"""CMA-ES engines: BBT's single-prompt search, prompt ensembles and CMA-ELBO."""
 
 from bayesprompt.inference.cma.bbt import CMAES, CMAState
+from bayesprompt.inference.cma.elbo import CMAELBO, CMAELBOState, GaussianPrior, gaussian_prior
+from bayesprompt.inference.cma.ensembles import EnsembleState, PromptEnsembles
 
-__all__ = ["CMAES", "CMAState"]
+__all__ = [
+    "CMAES",
+    "CMAState",
+    "PromptEnsembles",
+    "EnsembleState",
+    "CMAELBO",
+    "CMAELBOState",
+    "GaussianPrior",
+    "gaussian_prior",
+]

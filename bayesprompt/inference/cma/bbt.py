@@ -115,27 +115,18 @@ class CMAES(Engine[CMAState]):
     def init(self, potential: Potential, seed: int) -> CMAState:
         """Start at the prior draw-free point ``u = 0`` (BBT's initialisation)."""
         potential.discover_sites(torch.Generator().manual_seed(seed))
-        options = {
-            "popsize": self.popsize,
-            "seed": int(seed) + 1,  # pycma treats seed 0 as "random"
-            "verbose": -9,
-            "CMA_diagonal": self.diagonal,
-        }
-        strategy = cma.CMAEvolutionStrategy(np.zeros(potential.dim), self.sigma0, options)
+        strategy = new_strategy(np.zeros(potential.dim), self.sigma0, self.popsize, seed, self.diagonal)
         return CMAState(strategy, 0, torch.zeros(potential.dim), -math.inf, math.inf)
 
     def step(self, potential: Potential, state: CMAState) -> tuple[CMAState, dict[str, Any]]:
         """Ask a population, score it in one call, tell the losses; maybe score the mean on dev."""
-        strategy = copy.deepcopy(state.strategy)
-        candidates = np.asarray(strategy.ask())
+        strategy, candidates = ask(state.strategy)
         u = torch.as_tensor(candidates, dtype=torch.float32)
         evaluation = potential.evaluate(u)
         objective = evaluation.log_likelihood
         if self.map_objective:
             objective = objective + evaluation.log_prior
-        losses = (-objective).double()
-        losses = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, 1e30))
-        strategy.tell(list(candidates), losses.tolist())
+        losses = tell(strategy, candidates, -objective)
         iteration = state.iteration + 1
         best = int(losses.argmin())
         new = replace(
@@ -148,12 +139,12 @@ class CMAES(Engine[CMAState]):
             "iteration": iteration,
             "train_loss": float(losses.min()),
             "train_loss_mean": float(losses.mean()),
-            "sigma": float(strategy.sigma),
+            "max_std": float(np.max(strategy.stds)),  # largest per-coordinate step size
         }
         if self.dev_score is None:
             if float(losses[best]) <= state.best_train_loss:
                 new = replace(new, best_u=u[best].clone(), best_score=-float(losses[best]))
-        elif iteration % self.dev_every == 0 or iteration == 1:
+        elif dev_due(iteration, self.dev_every):
             mean = torch.as_tensor(strategy.mean, dtype=torch.float32).unsqueeze(0)
             score = float(self.dev_score(mean)[0])
             info["dev_score"] = score
@@ -164,11 +155,7 @@ class CMAES(Engine[CMAState]):
 
     def stop_reason(self, state: CMAState) -> str | None:
         """Stop at ``max_iterations`` or when pycma's own criteria fire."""
-        if self.max_iterations is not None and state.iteration >= self.max_iterations:
-            return Status.MAX_ITERATIONS
-        if state.iteration > 0 and state.strategy.stop():
-            return Status.FINISHED
-        return None
+        return strategy_stop_reason(state.strategy, state.iteration, self.max_iterations)
 
     def posterior(self, potential: Potential, state: CMAState) -> Posterior:
         """A one-sample posterior at the selected prompt."""
@@ -183,3 +170,75 @@ class CMAES(Engine[CMAState]):
                 "iterations": state.iteration,
             },
         )
+
+
+# ---------------------------------------------------------------------- shared CMA-ES helpers
+# Used by every engine of the CMA-ES family (BBT, prompt ensembles, CMA-ELBO).
+
+
+class StrategyRandn:
+    """pycma's ``randn(*shape)`` option backed by a private numpy generator.
+
+    By default pycma samples from numpy's *global* RNG (seeded once, when a strategy is
+    built), so a copied strategy would not carry its random state and any other user of
+    ``np.random`` (another strategy included) would change a run. Owning the generator
+    makes every deep copy of a strategy -- every engine state -- a complete, replayable
+    snapshot.
+
+    Examples
+    --------
+    >>> randn = StrategyRandn(0)
+    >>> randn(2, 3).shape
+    (2, 3)
+    >>> bool((copy.deepcopy(randn)(4) == randn(4)).all())
+    True
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(int(seed))
+
+    def __call__(self, *shape: int) -> np.ndarray:
+        return self.rng.standard_normal(shape)
+
+
+def new_strategy(x0: np.ndarray, sigma0: float, popsize: int, seed: int, diagonal: bool) -> Any:
+    """A silent pycma strategy at ``x0`` sampling from its own generator seeded with ``seed``."""
+    options = {
+        "popsize": popsize,
+        "randn": StrategyRandn(seed),
+        "seed": math.nan,  # pycma's seed only seeds the global RNG, which is not used
+        "verbose": -9,
+        "CMA_diagonal": diagonal,
+    }
+    return cma.CMAEvolutionStrategy(x0, sigma0, options)
+
+
+def ask(strategy: Any) -> tuple[Any, np.ndarray]:
+    """Copy ``strategy`` (states stay immutable) and ask the copy for a population ``[P, n]``."""
+    strategy = copy.deepcopy(strategy)
+    return strategy, np.asarray(strategy.ask())
+
+
+def tell(strategy: Any, candidates: np.ndarray, losses: torch.Tensor) -> torch.Tensor:
+    """Tell ``strategy`` (in place) the losses of ``candidates``; non-finite losses count as ``1e30``.
+
+    Returns the float64 losses as told.
+    """
+    losses = losses.double()
+    losses = torch.where(torch.isfinite(losses), losses, torch.full_like(losses, 1e30))
+    strategy.tell(list(candidates), losses.tolist())
+    return losses
+
+
+def dev_due(iteration: int, dev_every: int) -> bool:
+    """Whether the dev split is scored after ``iteration`` (the first and every ``dev_every``-th)."""
+    return iteration % dev_every == 0 or iteration == 1
+
+
+def strategy_stop_reason(strategy: Any, iteration: int, max_iterations: int | None) -> str | None:
+    """``max_iterations`` reached, or pycma's own stopping criteria fired."""
+    if max_iterations is not None and iteration >= max_iterations:
+        return Status.MAX_ITERATIONS
+    if iteration > 0 and strategy.stop():
+        return Status.FINISHED
+    return None

@@ -1,0 +1,332 @@
+"""CMA-ELBO (Shen et al., EACL 2023 Findings): variational inference driven by CMA-ES.
+
+The variational family is a diagonal Gaussian in the model's unconstrained coordinates,
+``q(u) = N(m, diag(s^2))``. CMA-ES searches the ``2D`` parameters ``theta = (m, log s)``
+and scores each candidate by the Monte Carlo negative ELBO
+
+.. math::
+
+    F(\\theta) = -\\frac{1}{S} \\sum_{s=1}^{S} \\log p(y \\mid u_s)
+        + \\lambda \\, \\mathrm{KL}(q_\\theta \\,\\|\\, p), \\qquad u_s = m + s \\odot \\epsilon_s,
+
+with **common random numbers**: the ``S`` draws ``epsilon_s ~ N(0, I)`` are fixed within
+an iteration and shared by all candidates, so candidates are compared on the same noise.
+All ``popsize * S`` prompts of an iteration are scored in one ``potential.evaluate``
+call (``popsize * S`` API calls).
+
+``lambda`` is ``kl_weight``: ``1`` gives the true negative ELBO (whose minimiser is the
+KL-closest diagonal Gaussian to the posterior); the paper down-weights the prior with
+``1e-3`` (the default), which sharpens ``q`` towards the maximum-likelihood prompt.
+
+The KL term is exact when every latent site has a fixed Normal prior (Gaussian in ``u``,
+e.g. the standard-normal prompt ``z``; see :func:`gaussian_prior`); otherwise it is the
+estimate ``-H(q) - (1/S) sum_s log p(u_s)`` with the exact entropy of ``q`` and the
+Potential's log prior (log-Jacobian included) at the same draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+
+from bayesprompt.inference.base import Engine, generator_from, make_generator
+from bayesprompt.inference.cma.bbt import DevScore, ask, dev_due, new_strategy, strategy_stop_reason, tell
+from bayesprompt.inference.posterior import Posterior
+from bayesprompt.models.potential import Potential
+
+__all__ = ["CMAELBO", "CMAELBOState", "GaussianPrior", "NegativeELBO", "gaussian_prior"]
+
+
+@dataclass(frozen=True)
+class GaussianPrior:
+    """A diagonal Gaussian prior ``N(loc, diag(scale^2))`` on ``u`` (``[D]`` each)."""
+
+    loc: torch.Tensor
+    scale: torch.Tensor
+
+    def kl_from(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """``KL(N(mean, diag(std^2)) || self)`` for ``mean, std [P, D]``, summed over ``D``."""
+        ratio = std / self.scale
+        return (-ratio.log() + 0.5 * (ratio**2 + ((mean - self.loc) / self.scale) ** 2) - 0.5).sum(-1)
+
+
+@dataclass(frozen=True)
+class NegativeELBO:
+    """Per-candidate terms of the Monte Carlo negative ELBO (``[P]`` each, float64)."""
+
+    fitness: torch.Tensor
+    expected_nll: torch.Tensor
+    kl: torch.Tensor
+
+
+@dataclass(frozen=True)
+class CMAELBOState:
+    """State of :class:`CMAELBO` (the pycma strategy is copied, never mutated in place).
+
+    Attributes
+    ----------
+    strategy : cma.CMAEvolutionStrategy
+        The optimiser over ``theta = (m, log s)`` (``2D`` coordinates).
+    iteration : int
+        Completed iterations.
+    best_params : Tensor ``[2D]``
+        The selected ``theta`` (best fitness, or best dev score with a dev split).
+    best_score : float
+        Its selection score (higher is better: minus the fitness, or the dev score).
+    best_fitness : float
+        Lowest fitness (Monte Carlo negative ELBO) seen.
+    rng_state : Tensor
+        State of the engine's generator (draws ``epsilon``).
+    prior : GaussianPrior or None
+        The prior when it is Gaussian in ``u`` (closed-form KL), else ``None``.
+    """
+
+    strategy: Any
+    iteration: int
+    best_params: torch.Tensor
+    best_score: float
+    best_fitness: float
+    rng_state: torch.Tensor
+    prior: GaussianPrior | None
+
+
+class CMAELBO(Engine[CMAELBOState]):
+    """CMA-ES over a mean-field Gaussian ``q(u)``, minimising the Monte Carlo negative ELBO.
+
+    Parameters
+    ----------
+    popsize : int
+        CMA-ES population of ``theta`` candidates.
+    num_mc_samples : int
+        Draws ``S`` per candidate; one iteration costs ``popsize * S`` API calls.
+    kl_weight : float
+        Weight of ``KL(q || prior)``: ``1.0`` is the true negative ELBO, the paper uses
+        ``1e-3`` (default).
+    init_std : float
+        Initial ``s`` (every coordinate); the initial mean is ``m = 0``.
+    sigma0 : float
+        Initial CMA-ES step size in ``theta`` coordinates.
+    num_samples : int
+        Samples drawn from the selected ``q`` for the returned posterior (no query).
+    max_iterations : int or None
+        Stop after this many iterations (``None``: until the budget or pycma stops).
+    dev_score : callable or None
+        ``u [P, D] -> score [P]`` on a dev split (higher is better). If given, the mean
+        ``m`` of the CMA mean's ``q`` is scored every ``dev_every`` iterations (one call)
+        and the best-dev ``q`` is kept, as :class:`~bayesprompt.inference.cma.bbt.CMAES`
+        does; otherwise the candidate with the lowest fitness is kept.
+    dev_every : int
+        Dev-evaluation period in iterations.
+    diagonal : bool
+        Use separable (diagonal) CMA-ES, cheaper for large ``D``.
+
+    Examples
+    --------
+    >>> from bayesprompt.testing import LinearGaussian
+    >>> from bayesprompt.inference.base import run
+    >>> problem = LinearGaussian.random(dim=2, num_obs=8, seed=0)
+    >>> engine = CMAELBO(popsize=8, num_mc_samples=4, max_iterations=20, num_samples=16)
+    >>> post = run(engine, Potential(problem.model), progress=False)
+    >>> post.num_samples, post.status, post.summary["closed_form_kl"]
+    (16, 'max_iterations', True)
+    """
+
+    name = "cma-elbo"
+    progress_keys = ("iteration", "fitness", "best_fitness")
+
+    def __init__(
+        self,
+        popsize: int = 20,
+        num_mc_samples: int = 4,
+        kl_weight: float = 1e-3,
+        init_std: float = 1.0,
+        sigma0: float = 1.0,
+        num_samples: int = 32,
+        max_iterations: int | None = None,
+        dev_score: DevScore | None = None,
+        dev_every: int = 5,
+        diagonal: bool = False,
+    ) -> None:
+        _check_at_least(popsize=(popsize, 2), num_mc_samples=(num_mc_samples, 1))
+        _check_at_least(num_samples=(num_samples, 1), dev_every=(dev_every, 1))
+        if init_std <= 0 or sigma0 <= 0 or kl_weight < 0:
+            raise ValueError(f"need init_std > 0, sigma0 > 0, kl_weight >= 0; got {init_std}, {sigma0}, {kl_weight}")
+        self.popsize = popsize
+        self.num_mc_samples = num_mc_samples
+        self.kl_weight = kl_weight
+        self.init_std = init_std
+        self.sigma0 = sigma0
+        self.num_samples = num_samples
+        self.max_iterations = max_iterations
+        self.dev_score = dev_score
+        self.dev_every = dev_every
+        self.diagonal = diagonal
+
+    # ------------------------------------------------------------------ engine API
+    def init(self, potential: Potential, seed: int) -> CMAELBOState:
+        """Start at ``m = 0``, ``s = init_std``; detect a Gaussian prior (no query)."""
+        generator = make_generator(seed)
+        potential.discover_sites(generator)
+        dim = potential.dim
+        theta0 = torch.cat([torch.zeros(dim), torch.full((dim,), math.log(self.init_std))]).double()
+        strategy = new_strategy(theta0.numpy(), self.sigma0, self.popsize, seed, self.diagonal)
+        return CMAELBOState(
+            strategy, 0, theta0, -math.inf, math.inf, generator.get_state(), gaussian_prior(potential)
+        )
+
+    def step(self, potential: Potential, state: CMAELBOState) -> tuple[CMAELBOState, dict[str, Any]]:
+        """Draw ``epsilon``, score the population's negative ELBOs in one call, tell them."""
+        generator = generator_from(state.rng_state)
+        eps = torch.randn(self.num_mc_samples, potential.dim, generator=generator, dtype=torch.float64)
+        strategy, candidates = ask(state.strategy)
+        params = torch.as_tensor(candidates, dtype=torch.float64)
+        terms = self.objective(potential, params, eps, state.prior)
+        losses = tell(strategy, candidates, terms.fitness)
+        best = int(losses.argmin())
+        improved = float(losses[best]) <= state.best_fitness
+        new = replace(
+            state,
+            strategy=strategy,
+            iteration=state.iteration + 1,
+            best_fitness=min(state.best_fitness, float(losses[best])),
+            rng_state=generator.get_state(),
+        )
+        info: dict[str, Any] = {
+            "iteration": new.iteration,
+            "fitness": float(losses[best]),
+            "fitness_mean": float(losses.mean()),
+            "expected_nll": float(terms.expected_nll[best]),
+            "kl": float(terms.kl[best]),
+            "max_std": float(np.max(strategy.stds)),  # largest per-coordinate step size
+        }
+        new = self._select(new, params[best], improved, info)
+        info["best_fitness"] = new.best_fitness
+        info["best_score"] = new.best_score
+        return new, info
+
+    def stop_reason(self, state: CMAELBOState) -> str | None:
+        """Stop at ``max_iterations`` or when pycma's own criteria fire."""
+        return strategy_stop_reason(state.strategy, state.iteration, self.max_iterations)
+
+    def posterior(self, potential: Potential, state: CMAELBOState) -> Posterior:
+        """``num_samples`` equally weighted draws from the selected ``q`` (no query)."""
+        mean, std = self.variational_params(state)
+        generator = generator_from(state.rng_state)
+        eps = torch.randn(self.num_samples, mean.shape[0], generator=generator, dtype=torch.float64)
+        u = (mean + std * eps).float()
+        samples = {k: v.detach() for k, v in potential.unpack(u).items()}
+        summary = {
+            "best_fitness": state.best_fitness,
+            "best_score": state.best_score,
+            "q_mean_norm": float(mean.norm()),
+            "q_std_norm": float(std.norm()),
+            "kl_weight": self.kl_weight,
+            "closed_form_kl": state.prior is not None,
+            "iterations": state.iteration,
+        }
+        return Posterior(samples, torch.zeros(self.num_samples), summary=summary)
+
+    # ------------------------------------------------------------------ the objective
+    def objective(
+        self,
+        potential: Potential,
+        params: torch.Tensor,
+        eps: torch.Tensor,
+        prior: GaussianPrior | None = None,
+    ) -> NegativeELBO:
+        """Monte Carlo negative ELBO of candidates ``params [P, 2D]`` with shared ``eps [S, D]``.
+
+        All ``P * S`` draws ``u = m + s * eps`` are scored in one ``potential.evaluate``.
+        ``prior`` selects the closed-form KL; ``None`` uses the Monte Carlo estimate.
+        """
+        mean, std = _split(params)
+        num, draws = params.shape[0], eps.shape[0]
+        u = (mean.unsqueeze(1) + std.unsqueeze(1) * eps.unsqueeze(0)).reshape(num * draws, -1)
+        evaluation = potential.evaluate(u.float())
+        expected_nll = -evaluation.log_likelihood.double().reshape(num, draws).mean(-1)
+        if prior is not None:
+            kl = prior.kl_from(mean, std)
+        else:
+            kl = -_entropy(std) - evaluation.log_prior.double().reshape(num, draws).mean(-1)
+        return NegativeELBO(expected_nll + self.kl_weight * kl, expected_nll, kl)
+
+    @staticmethod
+    def variational_params(state: CMAELBOState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviations ``[D]`` (float64) of the selected ``q``."""
+        mean, std = _split(state.best_params.unsqueeze(0))
+        return mean[0], std[0]
+
+    def _select(self, state: CMAELBOState, best: torch.Tensor, improved: bool, info: dict[str, Any]) -> CMAELBOState:
+        """Keep the lowest-fitness candidate, or the CMA mean's ``q`` with the best dev score."""
+        if self.dev_score is None:
+            if improved:
+                return replace(state, best_params=best.clone(), best_score=-state.best_fitness)
+            return state
+        if not dev_due(state.iteration, self.dev_every):
+            return state
+        theta = torch.as_tensor(np.asarray(state.strategy.mean), dtype=torch.float64)
+        score = float(self.dev_score(_split(theta.unsqueeze(0))[0].float())[0])
+        info["dev_score"] = score
+        if score > state.best_score:
+            return replace(state, best_params=theta, best_score=score)
+        return state
+
+
+def gaussian_prior(potential: Potential) -> GaussianPrior | None:
+    """The prior as ``N(loc, diag(scale^2))`` on ``u`` if every latent site has a fixed Normal prior.
+
+    The model is traced through :meth:`Potential.log_prior` (which stops after the last
+    latent site: no query for models that draw their latents first) at two points; the
+    prior is Gaussian when every site's distribution is a (possibly ``Independent``)
+    ``Normal`` whose parameters do not depend on the point, and the Gaussian density
+    reproduces the Potential's log prior.
+
+    Examples
+    --------
+    >>> from bayesprompt.testing import LinearGaussian
+    >>> potential = Potential(LinearGaussian.random(dim=3, prior_scale=2.0).model)
+    >>> _ = potential.discover_sites()
+    >>> gaussian_prior(potential).scale
+    tensor([2., 2., 2.], dtype=torch.float64)
+    """
+    u = torch.stack([torch.zeros(potential.dim), torch.ones(potential.dim)])
+    trace = poutine.trace(potential.log_prior).get_trace(u)
+    locs, scales = [], []
+    for site in potential.sites:
+        fn = trace.nodes[site.name]["fn"]
+        base = fn.base_dist if isinstance(fn, dist.Independent) else fn
+        if not isinstance(base, torch.distributions.Normal):
+            return None
+        value_shape = trace.nodes[site.name]["value"].shape
+        locs.append(fn.mean.expand(value_shape).reshape(2, -1).double())
+        scales.append(fn.stddev.expand(value_shape).reshape(2, -1).double())
+    loc, scale = torch.cat(locs, -1), torch.cat(scales, -1)
+    if not (torch.equal(loc[0], loc[1]) and torch.equal(scale[0], scale[1])):
+        return None
+    log_density = torch.distributions.Normal(loc, scale).log_prob(u.double()).sum(-1)
+    if not torch.allclose(log_density, trace.nodes["_RETURN"]["value"].double(), rtol=1e-5, atol=1e-4):
+        return None
+    return GaussianPrior(loc[0], scale[0])
+
+
+def _check_at_least(**values: tuple[int, int]) -> None:
+    for name, (value, low) in values.items():
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _split(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``theta [P, 2D] -> (m [P, D], s [P, D])``."""
+    mean, log_std = params.double().chunk(2, dim=-1)
+    return mean, log_std.exp()
+
+
+def _entropy(std: torch.Tensor) -> torch.Tensor:
+    """Entropy ``[P]`` of ``N(m, diag(std^2))`` for ``std [P, D]``."""
+    return std.log().sum(-1) + 0.5 * std.shape[-1] * (1.0 + math.log(2 * math.pi))
