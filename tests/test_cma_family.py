@@ -209,8 +209,8 @@ def test_monte_carlo_kl_matches_the_closed_form():
     potential = Potential(problem.model)
     engine = CMAELBO(kl_weight=1.0)
     prior = engine.init(potential, 0).prior
-    torch.testing.assert_close(prior.loc, torch.zeros(2, dtype=torch.float64))
-    torch.testing.assert_close(prior.scale, torch.full((2,), 2.0, dtype=torch.float64))
+    torch.testing.assert_close(prior.mean, torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(prior.cov, torch.diag(torch.full((2,), 4.0, dtype=torch.float64)))
     params = torch.tensor([[0.5, -1.0, -0.7, 0.2]], dtype=torch.float64)
     eps = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = engine.objective(potential, params, eps, prior).kl

@@ -245,6 +245,27 @@ class Potential:
         self._sites = self._discover_sites(tracer.trace, 1)
         return self._sites
 
+    def prior_trace(self, num_particles: int, generator: torch.Generator) -> poutine.Trace:
+        """A vectorised trace of ``num_particles`` prior draws made by Pyro itself.
+
+        With a meter the model runs under :meth:`Meter.probe` and stops at its first
+        black-box query (free); if a latent site is drawn only after that query, or
+        without a meter, the model runs in full (one query of ``num_particles`` calls).
+        Pyro's argument validation is off, so a NaN forward output does not raise.
+        """
+        self.discover_sites()
+        if self.meter is not None:
+            tracer = poutine.trace(self._vectorised(num_particles))
+            with seeded(generator), self.meter.probe(), torch.no_grad(), pyro.validation_enabled(False):
+                try:
+                    tracer(*self.model_args, **self.model_kwargs)
+                except ProbeInterrupt:
+                    pass
+            if all(site.name in tracer.trace.nodes for site in self.sites):
+                return tracer.trace
+        with seeded(generator), torch.no_grad(), pyro.validation_enabled(False):
+            return poutine.trace(self._vectorised(num_particles)).get_trace(*self.model_args, **self.model_kwargs)
+
     @property
     def is_initialised(self) -> bool:
         """Whether the latent sites are known (after the first :meth:`init_population`)."""

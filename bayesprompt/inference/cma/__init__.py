@@ -1,7 +1,7 @@
 """CMA-ES engines: BBT's single-prompt search, prompt ensembles and CMA-ELBO."""
 
 from bayesprompt.inference.cma.bbt import CMAES, CMAState
-from bayesprompt.inference.cma.elbo import CMAELBO, CMAELBOState, GaussianPrior, gaussian_prior
+from bayesprompt.inference.cma.elbo import CMAELBO, CMAELBOState, gaussian_prior
 from bayesprompt.inference.cma.ensembles import EnsembleState, PromptEnsembles
 
 __all__ = [
@@ -11,6 +11,5 @@ __all__ = [
     "EnsembleState",
     "CMAELBO",
     "CMAELBOState",
-    "GaussianPrior",
     "gaussian_prior",
 ]

@@ -38,22 +38,11 @@ from pyro import poutine
 from bayesprompt.inference.base import Engine, generator_from, make_generator
 from bayesprompt.inference.cma.bbt import DevScore, ask, dev_due, new_strategy, strategy_stop_reason, tell
 from bayesprompt.inference.posterior import Posterior
+from bayesprompt.models import priors
 from bayesprompt.models.potential import Potential
+from bayesprompt.models.priors import GaussianPrior
 
-__all__ = ["CMAELBO", "CMAELBOState", "GaussianPrior", "NegativeELBO", "gaussian_prior"]
-
-
-@dataclass(frozen=True)
-class GaussianPrior:
-    """A diagonal Gaussian prior ``N(loc, diag(scale^2))`` on ``u`` (``[D]`` each)."""
-
-    loc: torch.Tensor
-    scale: torch.Tensor
-
-    def kl_from(self, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """``KL(N(mean, diag(std^2)) || self)`` for ``mean, std [P, D]``, summed over ``D``."""
-        ratio = std / self.scale
-        return (-ratio.log() + 0.5 * (ratio**2 + ((mean - self.loc) / self.scale) ** 2) - 0.5).sum(-1)
+__all__ = ["CMAELBO", "CMAELBOState", "NegativeELBO", "gaussian_prior"]
 
 
 @dataclass(frozen=True)
@@ -251,7 +240,7 @@ class CMAELBO(Engine[CMAELBOState]):
         evaluation = potential.evaluate(u.float())
         expected_nll = -evaluation.log_likelihood.double().reshape(num, draws).mean(-1)
         if prior is not None:
-            kl = prior.kl_from(mean, std)
+            kl = prior.kl_from_diagonal(mean, std)
         else:
             kl = -_entropy(std) - evaluation.log_prior.double().reshape(num, draws).mean(-1)
         return NegativeELBO(expected_nll + self.kl_weight * kl, expected_nll, kl)
@@ -279,40 +268,24 @@ class CMAELBO(Engine[CMAELBOState]):
 
 
 def gaussian_prior(potential: Potential) -> GaussianPrior | None:
-    """The prior as ``N(loc, diag(scale^2))`` on ``u`` if every latent site has a fixed Normal prior.
+    """The prior as a fixed Gaussian on ``u`` (see :mod:`bayesprompt.models.priors`), else ``None``.
 
-    The model is traced through :meth:`Potential.log_prior` (which stops after the last
-    latent site: no query for models that draw their latents first) at two points; the
-    prior is Gaussian when every site's distribution is a (possibly ``Independent``)
-    ``Normal`` whose parameters do not depend on the point, and the Gaussian density
-    reproduces the Potential's log prior.
+    Two prior draws are traced (free when the Potential has a meter); ``None`` means the
+    KL term falls back to a Monte Carlo estimate.
 
     Examples
     --------
     >>> from bayesprompt.testing import LinearGaussian
-    >>> potential = Potential(LinearGaussian.random(dim=3, prior_scale=2.0).model)
-    >>> _ = potential.discover_sites()
-    >>> gaussian_prior(potential).scale
-    tensor([2., 2., 2.], dtype=torch.float64)
+    >>> problem = LinearGaussian.random(dim=3, prior_scale=2.0)
+    >>> prior = gaussian_prior(Potential(problem.model, meter=problem.meter))
+    >>> torch.diagonal(prior.cov).tolist()
+    [4.0, 4.0, 4.0]
     """
-    u = torch.stack([torch.zeros(potential.dim), torch.ones(potential.dim)])
-    trace = poutine.trace(potential.log_prior).get_trace(u)
-    locs, scales = [], []
-    for site in potential.sites:
-        fn = trace.nodes[site.name]["fn"]
-        base = fn.base_dist if isinstance(fn, dist.Independent) else fn
-        if not isinstance(base, torch.distributions.Normal):
-            return None
-        value_shape = trace.nodes[site.name]["value"].shape
-        locs.append(fn.mean.expand(value_shape).reshape(2, -1).double())
-        scales.append(fn.stddev.expand(value_shape).reshape(2, -1).double())
-    loc, scale = torch.cat(locs, -1), torch.cat(scales, -1)
-    if not (torch.equal(loc[0], loc[1]) and torch.equal(scale[0], scale[1])):
+    trace = potential.prior_trace(2, torch.Generator().manual_seed(0))
+    try:
+        return priors.gaussian_prior(trace, potential)
+    except ValueError:
         return None
-    log_density = torch.distributions.Normal(loc, scale).log_prob(u.double()).sum(-1)
-    if not torch.allclose(log_density, trace.nodes["_RETURN"]["value"].double(), rtol=1e-5, atol=1e-4):
-        return None
-    return GaussianPrior(loc[0], scale[0])
 
 
 def _check_at_least(**values: tuple[int, int]) -> None:

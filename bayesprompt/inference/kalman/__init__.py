@@ -19,7 +19,6 @@ from bayesprompt.inference.kalman.observation import (
     Observations,
     ensemble_trace,
     gaussian_prior,
-    prior_trace,
 )
 
 __all__ = [
@@ -36,5 +35,4 @@ __all__ = [
     "ensemble_trace",
     "gaussian_prior",
     "kalman_increments",
-    "prior_trace",
 ]

@@ -25,7 +25,6 @@ from bayesprompt.inference.kalman.observation import (
     ensemble_trace,
     gaussian_prior,
     prior_moments,
-    prior_trace,
 )
 from bayesprompt.inference.posterior import Posterior, Status
 from bayesprompt.models.potential import Potential
@@ -104,7 +103,7 @@ class EnsembleKalmanEngine(Engine[State]):
         """
         generator = make_generator(seed)
         potential.discover_sites(generator)
-        prior = gaussian_prior(prior_trace(potential, _PROBE_SIZE, generator), potential)
+        prior = gaussian_prior(potential.prior_trace(_PROBE_SIZE, generator), potential)
         ensemble = prior.sample(self.num_ensemble, generator)
         return self.state_class(
             ensemble=ensemble,

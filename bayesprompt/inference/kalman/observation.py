@@ -16,8 +16,9 @@ without a hand-written forward map:
   observed sites of one vectorised trace, i.e. one batched black-box query per ensemble;
 * :func:`ensemble_trace` -- that trace, with Pyro's argument validation switched off so a
   member whose forward output is NaN yields NaN rows of ``G`` instead of an exception;
-* :func:`prior_trace` -- prior draws made by Pyro itself (free with a meter), to read the
-  prior before the ensemble exists.
+* :meth:`Potential.prior_trace <bayesprompt.models.potential.Potential.prior_trace>` --
+  prior draws made by Pyro itself (free with a meter), to read the prior before the
+  ensemble exists.
 
 Observed sites map as follows (``pyro.deterministic`` and subsample sites are skipped):
 
@@ -56,8 +57,16 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import Categorical, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
 from torch.distributions import constraints
 
-from bayesprompt.lm.meter import ProbeInterrupt
-from bayesprompt.models.potential import PARTICLE_PLATE, Potential, seeded
+from bayesprompt.models.potential import Potential, seeded
+from bayesprompt.models.priors import (
+    GaussianPrior,
+    full_batch_shape,
+    gaussian_prior,
+    per_particle_rows,
+    prior_moments,
+    trace_size,
+    unwrap_independent,
+)
 
 __all__ = [
     "CATEGORICAL_MODES",
@@ -67,160 +76,12 @@ __all__ = [
     "ensemble_trace",
     "gaussian_prior",
     "prior_moments",
-    "prior_trace",
 ]
 
 #: Forward maps of Categorical observed sites: probabilities, or centred log-probabilities.
 CATEGORICAL_MODES = ("probs", "clr")
 #: Log-probabilities are clamped here in the clr mode (a zero probability stays finite).
 _MIN_LOG_PROB = math.log(1e-12)
-
-
-# ---------------------------------------------------------------------------- prior
-@dataclass(frozen=True)
-class GaussianPrior:
-    """A fixed Gaussian prior ``N(mean, cov)`` on the unconstrained vector ``u [D]``.
-
-    Attributes
-    ----------
-    mean : Tensor ``[D]`` (float64)
-    cov : Tensor ``[D, D]`` (float64)
-    chol : Tensor ``[D, D]``
-        Lower Cholesky factor of ``cov``.
-    precision : Tensor ``[D, D]``
-        ``cov^-1``.
-    dtype : torch.dtype
-        The dtype of the model's latent values (ensembles are cast to it for the model).
-
-    Examples
-    --------
-    >>> prior = GaussianPrior.from_moments(torch.zeros(2), torch.diag(torch.tensor([1.0, 4.0])))
-    >>> prior.whiten(torch.tensor([[1.0, 2.0]])).tolist()
-    [[1.0, 1.0]]
-    """
-
-    mean: torch.Tensor
-    cov: torch.Tensor
-    chol: torch.Tensor
-    precision: torch.Tensor
-    dtype: torch.dtype = torch.float64
-
-    @classmethod
-    def from_moments(cls, mean: torch.Tensor, cov: torch.Tensor, dtype: torch.dtype | None = None) -> "GaussianPrior":
-        """Build the prior from its mean and covariance (checked positive definite)."""
-        mean, cov = mean.detach().double().reshape(-1), cov.detach().double()
-        chol, info = torch.linalg.cholesky_ex(cov)
-        if int(info) != 0:
-            raise ValueError("the prior covariance is not positive definite")
-        return cls(mean, cov, chol, torch.cholesky_inverse(chol), dtype if dtype is not None else mean.dtype)
-
-    @property
-    def dim(self) -> int:
-        """Dimension ``D``."""
-        return int(self.mean.shape[0])
-
-    def whiten(self, u: torch.Tensor) -> torch.Tensor:
-        """``L^-1 (u - mean)`` row-wise for ``u [P, D]`` (``cov = L L^T``)."""
-        centred = (u.double() - self.mean).T
-        return torch.linalg.solve_triangular(self.chol, centred, upper=False).T
-
-    def sample(self, num: int, generator: torch.Generator) -> torch.Tensor:
-        """``num`` draws ``[num, D]`` (float64)."""
-        noise = torch.randn(num, self.dim, generator=generator, dtype=torch.float64)
-        return self.mean + noise @ self.chol.T
-
-    def matches(self, mean: torch.Tensor, cov: torch.Tensor) -> bool:
-        """Whether the moments ``mean [D]``, ``cov [D, D]`` are (numerically) this prior's."""
-        return bool(
-            self.mean.shape == mean.shape
-            and torch.allclose(self.mean, mean, rtol=1e-6, atol=1e-9)
-            and torch.allclose(self.cov, cov, rtol=1e-6, atol=1e-9)
-        )
-
-
-def gaussian_prior(trace: poutine.Trace, potential: Potential) -> GaussianPrior:
-    """Read ``N(m0, C0)`` over ``u`` from the latent sites of a vectorised trace.
-
-    See :func:`prior_moments` for the arguments and errors.
-    """
-    return GaussianPrior.from_moments(*prior_moments(trace, potential))
-
-
-def prior_moments(trace: poutine.Trace, potential: Potential) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
-    """Mean ``[D]``, covariance ``[D, D]`` (float64) and dtype of the prior over ``u``.
-
-    Parameters
-    ----------
-    trace : Trace
-        A trace of ``P >= 1`` particles (e.g. from :func:`ensemble_trace`).
-    potential : Potential
-        Gives the latent sites (in the packing order of ``u``) and the plate nesting.
-
-    Raises
-    ------
-    ValueError
-        Naming the site, if a latent site is not Gaussian with real support, or if its
-        prior differs across particles (it depends on another latent site).
-    """
-    means, covs, dtype = [], [], None
-    num_particles = _num_particles(trace, potential)
-    for site in potential.sites:
-        node = trace.nodes[site.name]
-        mean, cov = _site_moments(site.name, node["fn"], num_particles, potential.max_plate_nesting)
-        if mean.shape[-1] != site.numel:
-            raise ValueError(
-                f"latent site {site.name!r}: prior mean has {mean.shape[-1]} entries, expected {site.numel}"
-            )
-        means.append(mean)
-        covs.append(cov)
-        dtype = dtype or node["fn"].mean.dtype
-    return torch.cat(means), torch.block_diag(*covs), dtype
-
-
-def _site_moments(name: str, fn, num_particles: int, nesting: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean ``[n]`` and covariance ``[n, n]`` of one Gaussian latent site."""
-    base = _unwrap(fn)
-    if not isinstance(base, (Normal, MultivariateNormal, LowRankMultivariateNormal)) or not _is_real(fn.support):
-        raise ValueError(
-            f"ensemble Kalman methods need a Gaussian prior with real support, but latent site {name!r} "
-            f"has a {type(fn).__name__} prior ({type(base).__name__} base, support {fn.support}); "
-            "use Normal / Independent(Normal) / MultivariateNormal, or reparametrise the site "
-            "(e.g. a Normal site pushed through exp inside the model)"
-        )
-    full = _full_shape(fn, nesting)
-    mean = _per_particle(base.loc.reshape(full), num_particles)
-    if isinstance(base, Normal):
-        spread = _per_particle(base.scale.reshape(full), num_particles)
-    else:
-        k = base.event_shape[-1]
-        spread = _per_particle(base.covariance_matrix.reshape(*full[:-1], k * k), num_particles)
-    if not (_same_rows(mean) and _same_rows(spread)):
-        raise ValueError(
-            f"latent site {name!r} has a prior that differs across ensemble members (it depends on "
-            "another latent site); ensemble Kalman methods need a fixed Gaussian prior"
-        )
-    if isinstance(base, Normal):
-        cov = torch.diag(spread[0] ** 2)
-    else:
-        cov = torch.block_diag(*spread[0].reshape(-1, k, k).unbind(0))
-    return mean[0].double(), cov.double()
-
-
-def _same_rows(x: torch.Tensor) -> bool:
-    """Whether every particle (row) of ``x [P, n]`` equals the first."""
-    return torch.equal(x, x[:1].expand_as(x))
-
-
-def _is_real(support) -> bool:
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
-
-
-def _unwrap(fn):
-    while isinstance(fn, Independent):
-        fn = fn.base_dist
-    return fn
 
 
 # ---------------------------------------------------------------------------- observations
@@ -313,7 +174,7 @@ class ObservationMap:
     def from_trace(self, trace: poutine.Trace, potential: Potential) -> Observations:
         """Stack every observed site of ``trace`` into one :class:`Observations`."""
         latent = {site.name for site in potential.sites}
-        num_particles = _num_particles(trace, potential)
+        num_particles = trace_size(trace, potential)
         parts = []
         for name, node in trace.nodes.items():
             if node["type"] != "sample" or name in latent or not node["is_observed"]:
@@ -332,13 +193,13 @@ class ObservationMap:
 
     def _site(self, name: str, node: dict, num_particles: int, nesting: int):
         fn = node["fn"]
-        base = _unwrap(fn)
+        base = unwrap_independent(fn)
         weight = _site_weight(name, node["scale"])
-        full = _full_shape(fn, nesting)
+        full = full_batch_shape(fn, nesting)
         if isinstance(base, Normal):
-            forward = _per_particle(base.loc.reshape(full), num_particles)
+            forward = per_particle_rows(base.loc.reshape(full), num_particles)
             data = _observed(node["value"], full).reshape(-1)
-            scale = _per_particle(base.scale.reshape(full), num_particles)
+            scale = per_particle_rows(base.scale.reshape(full), num_particles)
             if not torch.equal(scale, scale[:1].expand_as(scale)):
                 raise ValueError(
                     f"observed site {name!r}: its noise scale differs across ensemble members (it depends on "
@@ -362,12 +223,12 @@ class ObservationMap:
         labels = _observed(value, full).long()
         onehot = torch.nn.functional.one_hot(labels, num_classes).double()
         if self.categorical == "probs":
-            forward = _per_particle(base.probs.reshape(*full, num_classes), num_particles)
+            forward = per_particle_rows(base.probs.reshape(*full, num_classes), num_particles)
             default_noise = 1.0 / num_classes
             data = onehot
         else:
             log_probs = base.logits.reshape(*full, num_classes).double().clamp(min=_MIN_LOG_PROB)
-            forward = _per_particle(log_probs - log_probs.mean(-1, keepdim=True), num_particles)
+            forward = per_particle_rows(log_probs - log_probs.mean(-1, keepdim=True), num_particles)
             smoothed = ((1.0 - self.label_smoothing) * onehot + self.label_smoothing / num_classes).log()
             data = smoothed - smoothed.mean(-1, keepdim=True)
             default_noise = float(num_classes)
@@ -406,51 +267,3 @@ def ensemble_trace(
         return potential.trace(u)
 
 
-def prior_trace(potential: Potential, num_particles: int, generator: torch.Generator) -> poutine.Trace:
-    """A trace of ``num_particles`` prior draws made by Pyro itself (the model's own dtypes).
-
-    With a meter, the model runs under :meth:`~bayesprompt.lm.meter.Meter.probe` and stops
-    at its first black-box query: free, but only latent sites drawn before that query are
-    recorded. If one is missing (or without a meter) the model runs in full: one query of
-    ``num_particles`` calls.
-    """
-    dim = -(potential.max_plate_nesting + 1)
-
-    def vectorised(*args, **kwargs):
-        with pyro.plate(PARTICLE_PLATE, num_particles, dim=dim):
-            return potential.model(*args, **kwargs)
-
-    quiet = (torch.no_grad(), pyro.validation_enabled(False))
-    if potential.meter is not None:
-        tracer = poutine.trace(vectorised)
-        with seeded(generator), potential.meter.probe(), quiet[0], quiet[1]:
-            try:
-                tracer(*potential.model_args, **potential.model_kwargs)
-            except ProbeInterrupt:
-                pass
-        if all(site.name in tracer.trace.nodes for site in potential.sites):
-            return tracer.trace
-    with seeded(generator), quiet[0], quiet[1]:
-        return poutine.trace(vectorised).get_trace(*potential.model_args, **potential.model_kwargs)
-
-
-def _num_particles(trace: poutine.Trace, potential: Potential) -> int:
-    """Ensemble size of a vectorised trace (the size of the particle plate)."""
-    if PARTICLE_PLATE in trace.nodes:
-        return int(trace.nodes[PARTICLE_PLATE]["value"].shape[0])
-    return int(trace.nodes[potential.sites[0].name]["value"].shape[0])
-
-
-def _full_shape(fn, nesting: int) -> tuple[int, ...]:
-    """A site's per-draw shape with exactly ``nesting + 1`` batch dims (particle dim first)."""
-    batch = tuple(fn.batch_shape)
-    if len(batch) > nesting + 1:
-        raise ValueError(f"a site has batch shape {batch}: more batch dims than max_plate_nesting + 1")
-    return (1,) * (nesting + 1 - len(batch)) + batch + tuple(fn.event_shape)
-
-
-def _per_particle(x: torch.Tensor, num_particles: int) -> torch.Tensor:
-    """``x [1 or P, ...]`` -> ``[P, n]`` (a particle-independent value is expanded)."""
-    if x.shape[0] not in (1, num_particles):
-        raise ValueError(f"particle dim of size {x.shape[0]}, expected 1 or {num_particles}")
-    return x.expand(num_particles, *x.shape[1:]).reshape(num_particles, -1)
