@@ -2,10 +2,23 @@
 
 Examples
 --------
-Fit a posterior over prompts on SST-2 with the embedded MiniLM model and print test
-metrics::
+Fit a posterior over prompts on SST-2 with the embedded MiniLM model, print test metrics
+and write the run directory (checkpointed after every engine step)::
 
     bayesprompt fit --task sst2 --engine smc --budget 2000 --out runs/sst2-smc
+
+Continue a killed run from its last checkpoint (same result as an uninterrupted run)::
+
+    bayesprompt fit --resume runs/sst2-smc
+
+Evaluate the ensemble on the test split and detect IMDB reviews as out-of-distribution,
+then draw the calibration, risk-coverage and uncertainty plots::
+
+    bayesprompt evaluate runs/sst2-smc --ood imdb
+    bayesprompt plot runs/sst2-smc
+
+Errors in the input (unknown task, bad option, missing or corrupt run files) exit with
+status 2 and a one-line message.
 """
 
 from __future__ import annotations
@@ -13,32 +26,73 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = ["main", "build_parser"]
+
+_FIT_DESCRIPTION = (
+    "Fit a posterior over soft prompts on a few-shot task, evaluate the ensemble on the test "
+    "split and write a run directory (config.json, projection.npz, checkpoint.npz after every "
+    "engine step, diagnostics.jsonl, posterior.{json,npz}, meter.json, metrics.json, "
+    "predictions.npz, plots/). With --resume RUN, continue RUN from its last checkpoint "
+    "instead; the config is read from RUN/config.json, so no other option may be given."
+)
+_EVALUATE_DESCRIPTION = (
+    "Recompute the ensemble predictions of a finished run on its test split (and on the test "
+    "splits of OOD tasks, rendered with their own template and scored with the run's "
+    "verbalizers). Prints and saves (metrics.json, predictions.npz) the classification report, "
+    "the uncertainty-based selective-prediction report, the OOD report per OOD task (AUROC, "
+    "FPR at 95% TPR, risk-rejection AURC) and the ArviZ summary. Queries are metered, not budgeted."
+)
+_PLOT_DESCRIPTION = (
+    "Draw the plots of a run's saved predictions into RUN/plots/: PAV reliability diagram "
+    "(binary tasks), top-label reliability diagram, risk-coverage curves and, when OOD "
+    "predictions exist, histograms of every uncertainty score, in-distribution vs OOD."
+)
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help, unless X is None/False/empty or already described."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        empty = action.default is None or action.default is False or action.default == []
+        if empty or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every option documented for ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="bayesprompt",
+        description="Bayesian soft prompts for black-box language models. "
+        "Run `bayesprompt COMMAND --help` for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="fit, evaluate or plot")
+    _add_fit(sub)
+    _add_evaluate(sub)
+    _add_plot(sub)
+    return parser
+
+
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    from bayesprompt.data import TASKS
     from bayesprompt.pipeline import ENGINE_NAMES, FitConfig
 
     defaults = FitConfig()
-    parser = argparse.ArgumentParser(
-        prog="bayesprompt",
-        description="Bayesian soft prompts for black-box language models.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fit = sub.add_parser(
         "fit",
-        help="fit a posterior over prompts and evaluate it on the test split",
-        description="Fit a posterior over soft prompts on a few-shot task, evaluate the "
-        "ensemble on the test split and write a run directory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="fit a posterior over prompts and evaluate it on the test split (or resume a run)",
+        description=_FIT_DESCRIPTION,
+        formatter_class=_DefaultsFormatter,
     )
-    fit.add_argument("--task", default=defaults.task, help="task name (sst2, imdb, agnews, dbpedia, mrpc, rte, snli)")
+    fit.add_argument("--task", default=defaults.task, help=f"task name ({', '.join(sorted(TASKS))})")
     fit.add_argument("--engine", default=defaults.engine, choices=ENGINE_NAMES, help="inference engine")
     fit.add_argument("--budget", type=int, default=defaults.budget, help="API-call budget for inference (one call = one prompt on one batch)")
-    fit.add_argument("--out", default=None, help="run directory to write (config, projection, samples, metrics)")
+    fit.add_argument("--out", default=None, help="run directory to write (a previous run's files there are replaced)")
+    fit.add_argument("--resume", default=None, metavar="RUN", help="continue the run directory RUN from its last checkpoint (no other option allowed)")
     fit.add_argument("--data-dir", default=None, help="data root with <task>/{train,dev,test}.jsonl (default: $BAYESPROMPT_DATA)")
     fit.add_argument("--k", type=int, default=defaults.k, help="training examples per class")
     fit.add_argument("--dev-k", type=int, default=defaults.dev_k, help="dev examples per class")
@@ -47,23 +101,51 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--projection-seed", type=int, default=defaults.projection_seed, help="seed of the random projection")
     fit.add_argument("--backend", default=defaults.backend, choices=("encoder", "mlm"), help="sentence encoder or masked LM")
     fit.add_argument("--model", default=None, help="local path or hub id of the model (default: embedded all-MiniLM-L6-v2)")
-    fit.add_argument("--bf16", action="store_true", help="run the black box under bf16 autocast (about 3x faster on CPU)")
+    fit.add_argument("--bf16", action="store_true", help="run the black box under bf16 autocast (faster on CPUs with bf16 units)")
     fit.add_argument("--n-tokens", type=int, default=defaults.n_tokens, help="prompt length in tokens")
     fit.add_argument("--intrinsic-dim", type=int, default=defaults.intrinsic_dim, help="dimension k of the latent prompt z")
     fit.add_argument("--prior-scale", type=float, default=defaults.prior_scale, help="scale of the Normal prior on z")
     fit.add_argument("--particles", type=int, default=defaults.num_particles, help="population size (particles, walkers or CMA-ES popsize)")
     fit.add_argument("--test-size", type=int, default=None, help="class-balanced test subsample size (default: whole test split)")
+    fit.add_argument("--vote-smoothing", type=float, default=defaults.vote_smoothing, help="Dirichlet smoothing of the vote distribution of likelihood-free engines (abc-smc)")
     fit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra engine option (JSON value), repeatable")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
+    fit.set_defaults(handler=_fit)
 
 
-def _parse_options(pairs: Sequence[str]) -> dict:
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="recompute test (and OOD) predictions and metrics of a run",
+        description=_EVALUATE_DESCRIPTION,
+        formatter_class=_DefaultsFormatter,
+    )
+    evaluate.add_argument("run", metavar="RUN", help="run directory written by `bayesprompt fit --out RUN`")
+    evaluate.add_argument("--ood", nargs="+", action="extend", default=[], metavar="TASK", help="out-of-distribution task(s) whose test split is scored with the run's verbalizers (repeatable)")
+    evaluate.add_argument("--ood-size", type=int, default=None, help="class-balanced subsample of each OOD test split (default: the run's --test-size)")
+    evaluate.add_argument("--data-dir", default=None, help="data root (default: the run's --data-dir, then $BAYESPROMPT_DATA)")
+    evaluate.add_argument("--json", action="store_true", help="print only the metrics, as JSON, instead of a summary")
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    plot = sub.add_parser(
+        "plot",
+        help="draw calibration, risk-coverage and uncertainty plots of a run",
+        description=_PLOT_DESCRIPTION,
+        formatter_class=_DefaultsFormatter,
+    )
+    plot.add_argument("run", metavar="RUN", help="run directory with predictions.npz (from fit or evaluate)")
+    plot.set_defaults(handler=_plot)
+
+
+# ---------------------------------------------------------------------------- commands
+def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"bayesprompt: --option expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -71,56 +153,136 @@ def _parse_options(pairs: Sequence[str]) -> dict:
     return options
 
 
-def _fit(args: argparse.Namespace) -> int:
-    from bayesprompt.pipeline import FitConfig, fit
+def _fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bayesprompt.pipeline import FitConfig, fit, resume
 
-    config = FitConfig(
-        task=args.task,
-        engine=args.engine,
-        budget=args.budget,
-        out=args.out,
-        data_dir=args.data_dir,
-        k=args.k,
-        dev_k=args.dev_k,
-        data_seed=args.data_seed,
-        seed=args.seed,
-        projection_seed=args.projection_seed,
-        backend=args.backend,
-        model=args.model,
-        precision="bf16" if args.bf16 else "fp32",
-        n_tokens=args.n_tokens,
-        intrinsic_dim=args.intrinsic_dim,
-        prior_scale=args.prior_scale,
-        num_particles=args.particles,
-        test_size=args.test_size,
-        engine_options=_parse_options(args.option),
-    )
-    result = fit(config, progress=not args.quiet)
+    if args.resume is not None:
+        _check_resume_alone(args, parser)
+        result = resume(args.resume, progress=not args.quiet)
+    else:
+        config = FitConfig(
+            task=args.task,
+            engine=args.engine,
+            budget=args.budget,
+            out=args.out,
+            data_dir=args.data_dir,
+            k=args.k,
+            dev_k=args.dev_k,
+            data_seed=args.data_seed,
+            seed=args.seed,
+            projection_seed=args.projection_seed,
+            backend=args.backend,
+            model=args.model,
+            precision="bf16" if args.bf16 else "fp32",
+            n_tokens=args.n_tokens,
+            intrinsic_dim=args.intrinsic_dim,
+            prior_scale=args.prior_scale,
+            num_particles=args.particles,
+            test_size=args.test_size,
+            vote_smoothing=args.vote_smoothing,
+            engine_options=_parse_options(args.option),
+        )
+        result = fit(config, progress=not args.quiet)
     metrics = result.metrics
-    test = metrics["test"]
     calls = metrics["inference_api_calls"]["calls"]
     print(f"task={metrics['task']} engine={metrics['engine']} status={metrics['status']} api_calls={calls}")
-    line = f"test accuracy={test['accuracy']:.4f} nll={test['nll']:.4f} brier={test['brier']:.4f} ece={test['ece']:.4f}"
-    if "f1" in test:
-        line += f" f1={test['f1']:.4f}"
-    print(line + f" (n={test['num_examples']}, samples={metrics['num_samples']})")
-    if args.out:
-        print(f"run written to {args.out}")
+    print(_test_line(metrics) + f" (n={metrics['test']['num_examples']}, samples={metrics['num_samples']})")
+    if result.run_dir is not None:
+        print(f"run written to {result.run_dir}")
     return 0
 
 
+def _check_resume_alone(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--resume`` reads the config from the run: any other option (but --quiet) is an error."""
+    fit_parser = _subparser(parser, "fit")
+    given = [
+        action.option_strings[0]
+        for action in fit_parser._actions
+        if action.dest not in ("help", "resume", "quiet", "handler")
+        and action.option_strings
+        and getattr(args, action.dest) != action.default
+    ]
+    if given:
+        raise ValueError(
+            f"--resume reads the config from {args.resume}/config.json; do not pass {', '.join(given)}"
+        )
+
+
+def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bayesprompt.pipeline import evaluate_run
+
+    metrics = evaluate_run(args.run, ood=args.ood, ood_size=args.ood_size, data_dir=args.data_dir)
+    if args.json:
+        from bayesprompt.runs import jsonable
+
+        print(json.dumps(jsonable(metrics), indent=1))
+        return 0
+    print(_evaluation_summary(metrics))
+    print(f"metrics written to {args.run}/metrics.json, predictions to {args.run}/predictions.npz")
+    return 0
+
+
+def _plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bayesprompt.pipeline import plot_run
+
+    for path in plot_run(args.run):
+        print(path)
+    return 0
+
+
+# ---------------------------------------------------------------------------- output
+def _test_line(metrics: Mapping[str, Any]) -> str:
+    test = metrics["test"]
+    line = f"test accuracy={test['accuracy']:.4f} nll={test['nll']:.4f} brier={test['brier']:.4f} ece={test['ece']:.4f}"
+    if "f1" in test:
+        line += f" f1={test['f1']:.4f}"
+    return line
+
+
+def _evaluation_summary(metrics: Mapping[str, Any]) -> str:
+    """A readable summary of :func:`~bayesprompt.pipeline.evaluate_run`'s metrics."""
+    lines = [_test_line(metrics) + f" (n={metrics['test']['num_examples']})"]
+    selective = metrics["selective"]
+    scores = [key.removesuffix("/auroc") for key in selective if key.endswith("/auroc")]
+    lines.append(f"selective prediction ({selective['num_errors']} errors): score, misclassification AUROC, AURC")
+    lines += [f"  {name:<24} {selective[name + '/auroc']:.4f}  {selective[name + '/aurc']:.4f}" for name in scores]
+    for task, report in metrics.get("ood", {}).items():
+        lines.append(
+            f"OOD {task} (n_in={report['num_in']}, n_ood={report['num_ood']}): score, AUROC, FPR95, risk-rejection AURC"
+        )
+        lines += [
+            f"  {name:<24} {report[name + '/auroc']:.4f}  {report[name + '/fpr95']:.4f}  "
+            f"{report[name + '/risk_rejection_aurc']:.4f}"
+            for name in scores
+        ]
+    arviz = metrics["arviz"]
+    lines.append("arviz: " + ", ".join(f"{k}={_short(v)}" for k, v in arviz.items() if not isinstance(v, Mapping)))
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)  # pragma: no cover
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``bayesprompt`` command."""
+    """Entry point of the ``bayesprompt`` command; returns the exit status (2 for bad input)."""
+    from bayesprompt.lm.meter import BudgetExhausted
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "fit":
-            return _fit(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"bayesprompt: error: {err}", file=sys.stderr)
+        return args.handler(args, parser)
+    except (ValueError, FileNotFoundError, KeyError, BudgetExhausted) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"bayesprompt: error: {message}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command!r}")
-    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""End-to-end fitting: data -> black box -> prompt model -> engine -> test metrics -> run directory.
+"""End-to-end runs: data -> black box -> prompt model -> engine -> test metrics -> run directory.
 
 :func:`fit` is what ``bayesprompt fit`` runs; it is also the shortest way to use the
 package from Python::
@@ -6,42 +6,101 @@ package from Python::
     from bayesprompt.pipeline import FitConfig, fit
     result = fit(FitConfig(task="sst2", engine="smc", budget=2000, out="runs/demo"))
     print(result.metrics["test"]["accuracy"])
+
+With ``out`` set, the run directory (see :mod:`bayesprompt.runs`) receives a checkpoint
+of the engine state after ``init`` and after every engine step, so a killed run
+continues with :func:`resume` (``bayesprompt fit --resume runs/demo``) and reaches the
+same result as an uninterrupted run. :func:`evaluate_run` recomputes the test (and OOD)
+predictions and metrics of a finished run and :func:`plot_run` draws its plots.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from bayesprompt.data import balanced_subsample, few_shot_split, get_task, load_split
-from bayesprompt.data.task import Task
-from bayesprompt.inference.base import Engine, run
+from bayesprompt.data.task import Example, Task
+from bayesprompt.inference.base import Engine, InitialBudgetError, run
 from bayesprompt.inference.posterior import Posterior
 from bayesprompt.lm import LabelOnly, Meter, load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
-from bayesprompt.metrics import classification_report
+from bayesprompt.lm.meter import BudgetExhausted
+from bayesprompt.metrics import aurc, classification_report, ood_report, selective_prediction_report
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel
 from bayesprompt.predict import EnsemblePredictions, predict, predict_votes
+from bayesprompt.runs import (
+    Checkpoint,
+    RunDirectory,
+    RunDirectoryError,
+    RunPredictions,
+    StateCodec,
+    config_digest,
+)
 
-__all__ = ["FitConfig", "FitResult", "fit", "ENGINE_NAMES", "LIKELIHOOD_FREE_ENGINES"]
+__all__ = [
+    "ENGINE_BUILDERS",
+    "ENGINE_NAMES",
+    "LIKELIHOOD_FREE_ENGINES",
+    "EngineBuilder",
+    "FitConfig",
+    "FitResult",
+    "build_engine",
+    "config_from_dict",
+    "dev_accuracy_score",
+    "evaluate_run",
+    "fit",
+    "plot_run",
+    "resume",
+    "write_run",
+]
 
+#: ``(config, potential, train_batch, dev_batch) -> engine``; options come from ``config.engine_options``.
+EngineBuilder = Callable[["FitConfig", Potential, EncodedBatch, EncodedBatch], Engine]
+
+
+def _build_smc(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
+    from bayesprompt.inference.smc import TemperedSMC
+
+    return TemperedSMC(num_particles=config.num_particles, **config.engine_options)
+
+
+def _build_abc_smc(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
+    from bayesprompt.inference.smc import ABCSMC
+
+    return ABCSMC(num_particles=config.num_particles, observed=train.labels, **config.engine_options)
+
+
+def _build_cmaes(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
+    from bayesprompt.inference.cma import CMAES
+
+    options = {"popsize": config.num_particles, **config.engine_options}
+    return CMAES(dev_score=dev_accuracy_score(potential, dev), **options)
+
+
+#: Engine name -> builder. Add an engine here (and its state class to
+#: :data:`bayesprompt.runs.STATE_CLASSES` so that its runs checkpoint and resume).
+ENGINE_BUILDERS: Mapping[str, EngineBuilder] = MappingProxyType(
+    {"smc": _build_smc, "abc-smc": _build_abc_smc, "cmaes": _build_cmaes}
+)
 #: Engines the pipeline can build.
-ENGINE_NAMES = ("smc", "abc-smc", "cmaes")
+ENGINE_NAMES = tuple(ENGINE_BUILDERS)
 #: Engines that only see the label-only view.
 LIKELIHOOD_FREE_ENGINES = frozenset({"abc-smc"})
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Everything that defines a run (saved as ``config.json``).
+    """Everything that defines a run (saved in ``config.json``).
 
     Parameters
     ----------
@@ -103,13 +162,15 @@ class FitConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINE_NAMES:
-            raise ValueError(f"engine must be one of {ENGINE_NAMES}, got {self.engine!r}")
+        if self.engine not in ENGINE_BUILDERS:
+            raise ValueError(f"engine must be one of {tuple(ENGINE_BUILDERS)}, got {self.engine!r}")
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"budget must be a positive number of API calls, got {self.budget}")
         for name in ("k", "dev_k", "n_tokens", "intrinsic_dim", "num_particles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.test_size is not None and self.test_size < 1:
+            raise ValueError(f"test_size must be >= 1 or None, got {self.test_size}")
 
     @property
     def likelihood_free(self) -> bool:
@@ -117,61 +178,122 @@ class FitConfig:
         return self.engine in LIKELIHOOD_FREE_ENGINES
 
 
+def config_from_dict(data: Mapping[str, Any], **overrides: Any) -> FitConfig:
+    """A :class:`FitConfig` from its saved fields (as in ``config.json``), with overrides.
+
+    Raises
+    ------
+    ValueError
+        For unknown or invalid fields.
+
+    Examples
+    --------
+    >>> config_from_dict({"task": "rte", "k": 4}, out="runs/x").out
+    'runs/x'
+    >>> config_from_dict({"tsk": "rte"})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown config fields ['tsk'] (known: ...)
+    """
+    known = {f.name for f in dataclasses.fields(FitConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown config fields {unknown} (known: {sorted(known)})")
+    try:
+        return FitConfig(**{**data, **overrides})
+    except TypeError as err:
+        raise ValueError(f"invalid config: {err}") from err
+
+
 @dataclass
 class FitResult:
-    """What :func:`fit` returns."""
+    """What :func:`fit` and :func:`resume` return."""
 
     config: FitConfig
     posterior: Posterior
     predictions: EnsemblePredictions
     metrics: dict[str, Any]
     projection: RandomProjection
+    run_dir: Path | None = None
 
 
-def fit(config: FitConfig, progress: bool = True, engine: Engine | None = None) -> FitResult:
-    """Run one experiment end to end and (if ``config.out``) write its run directory."""
+@dataclass
+class _Setup:
+    """Everything built from a config before inference."""
+
+    config: FitConfig
+    task: Task
+    meter: Meter
+    backend: PromptBlackBox
+    projection: RandomProjection
+    potential: Potential
+    train: EncodedBatch
+    dev: EncodedBatch
+    test: list[Example]
+
+
+# ---------------------------------------------------------------------------- fit / resume
+def fit(
+    config: FitConfig,
+    progress: bool = True,
+    engine: Engine | None = None,
+    *,
+    codec: StateCodec | None = None,
+) -> FitResult:
+    """Run one experiment end to end and (if ``config.out``) write its run directory.
+
+    Parameters
+    ----------
+    config : FitConfig
+        The run.
+    progress : bool
+        Show a progress bar.
+    engine : Engine or None
+        Use this engine instead of building ``config.engine``.
+    codec : StateCodec or None
+        Serialiser of the checkpoints (default :class:`~bayesprompt.runs.StateCodec`); pass
+        one with ``extra_classes`` for a custom engine's state.
+    """
     task = get_task(config.task)
-    train, dev, test = _load_examples(task, config)
-    meter = Meter(config.budget)
-    backend = _backend(config, task, meter)
-    projection = RandomProjection.from_embeddings(
-        backend.embedding_table(),
-        intrinsic_dim=config.intrinsic_dim,
-        n_tokens=config.n_tokens,
-        seed=config.projection_seed,
-    )
-    train_batch, dev_batch = backend.encode(train), backend.encode(dev)
-    potential = _potential(config, backend, projection, train_batch)
-    if engine is None:
-        engine = build_engine(config, potential, train_batch, dev_batch)
-    started = time.perf_counter()
-    posterior = run(engine, potential, seed=config.seed, meter=meter, progress=progress)
-    inference_seconds = time.perf_counter() - started
-    inference_calls = meter.snapshot().to_dict()
-    meter.budget = None  # evaluation is metered but not budgeted
-    test_batch = backend.encode(test)
-    if config.likelihood_free:
-        predictions = predict_votes(posterior, potential.with_args(test_batch), test_batch, task.num_classes)
-    else:
-        predictions = predict(posterior, potential.with_args(test_batch), test_batch)
-    test_probs = predictions.mean(config.vote_smoothing if config.likelihood_free else 0.0)
-    metrics = {
-        "task": task.name,
-        "engine": engine.name,
-        "status": posterior.status,
-        "inference_api_calls": inference_calls,
-        "evaluation_api_calls": meter.calls - inference_calls["calls"],
-        "inference_seconds": inference_seconds,
-        "num_samples": posterior.num_samples,
-        "posterior_ess": posterior.ess,
-        "test": classification_report(test_probs, predictions.labels, task.metric),
-        "test_split": "proxy_test" if task.name == "dbpedia" else "test",
-        "summary": posterior.summary,
-    }
-    result = FitResult(config, posterior, predictions, metrics, projection)
+    setup = _setup(config, task, projection=None)
+    run_dir = None
     if config.out is not None:
-        write_run(result, Path(config.out))
-    return result
+        run_dir = RunDirectory.create(config.out, _config_dict(config), setup.projection.metadata())
+        run_dir.write_projection(setup.projection)
+    engine = engine if engine is not None else build_engine(config, setup.potential, setup.train, setup.dev)
+    return _complete(setup, engine, run_dir, codec, None, progress)
+
+
+def resume(directory: str | Path, progress: bool = True, *, codec: StateCodec | None = None) -> FitResult:
+    """Continue the run in ``directory`` from its last checkpoint (``bayesprompt fit --resume``).
+
+    The config, projection and checkpoint come from the run directory; the meter is
+    restored from the checkpoint, the model's latent sites are learnt without a query,
+    and the engine continues from the checkpointed state. The result (posterior,
+    diagnostics, metrics) equals that of an uninterrupted run with the same config.
+
+    Raises
+    ------
+    RunDirectoryError
+        For a missing or corrupt file, or a checkpoint that does not belong to the config.
+    """
+    run_dir = RunDirectory.open(directory)
+    saved = run_dir.read_config()
+    config = _saved_config(run_dir, saved, out=str(directory))
+    codec = codec if codec is not None else StateCodec()
+    checkpoint = run_dir.read_checkpoint(codec)
+    if checkpoint.config_sha256 != config_digest(saved):
+        raise RunDirectoryError(
+            f"{run_dir.file('checkpoint.npz')}: written for another config than {run_dir.file('config.json')}"
+        )
+    task = get_task(config.task)
+    setup = _setup(config, task, projection=run_dir.read_projection())
+    engine = build_engine(config, setup.potential, setup.train, setup.dev)
+    if checkpoint.engine != engine.name:
+        raise RunDirectoryError(
+            f"{run_dir.file('checkpoint.npz')}: holds a {checkpoint.engine!r} state, the config builds {engine.name!r}"
+        )
+    return _complete(setup, engine, run_dir, codec, checkpoint, progress)
 
 
 def build_engine(
@@ -179,21 +301,14 @@ def build_engine(
     potential: Potential,
     train_batch: EncodedBatch,
     dev_batch: EncodedBatch,
+    builders: Mapping[str, EngineBuilder] = ENGINE_BUILDERS,
 ) -> Engine:
-    """The engine named by ``config.engine`` with the config's options."""
-    options = dict(config.engine_options)
-    if config.engine == "cmaes":
-        from bayesprompt.inference.cma import CMAES
-
-        options.setdefault("popsize", config.num_particles)
-        return CMAES(dev_score=dev_accuracy_score(potential, dev_batch), **options)
-    if config.engine == "smc":
-        from bayesprompt.inference.smc import TemperedSMC
-
-        return TemperedSMC(num_particles=config.num_particles, **options)
-    from bayesprompt.inference.smc import ABCSMC
-
-    return ABCSMC(num_particles=config.num_particles, observed=train_batch.labels, **options)
+    """The engine named by ``config.engine`` (looked up in ``builders``) with the config's options."""
+    try:
+        builder = builders[config.engine]
+    except KeyError:
+        raise ValueError(f"no builder for engine {config.engine!r}; known engines: {sorted(builders)}") from None
+    return builder(config, potential, train_batch, dev_batch)
 
 
 def dev_accuracy_score(potential: Potential, dev_batch: EncodedBatch) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -210,23 +325,151 @@ def dev_accuracy_score(potential: Potential, dev_batch: EncodedBatch) -> Callabl
 
 
 def write_run(result: FitResult, directory: Path) -> None:
-    """Write config, projection, posterior and metrics to ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = asdict(result.config)
-    config["projection"] = result.projection.metadata()
-    (directory / "config.json").write_text(json.dumps(config, indent=1))
-    result.projection.save(str(directory / "projection.npz"))
-    result.posterior.save(directory)
-    (directory / "metrics.json").write_text(json.dumps(result.metrics, indent=1, default=str))
+    """Write config, projection, posterior, diagnostics, metrics and predictions to ``directory``.
+
+    :func:`fit` does this itself (with checkpoints); this is for results built otherwise.
+    """
+    run_dir = RunDirectory.create(directory, _config_dict(result.config), result.projection.metadata())
+    run_dir.write_projection(result.projection)
+    _write_results(run_dir, result, {"inference": result.posterior.api_calls})
 
 
-def _load_examples(task: Task, config: FitConfig):
+# ---------------------------------------------------------------------------- evaluate / plot
+def evaluate_run(
+    directory: str | Path,
+    ood: Sequence[str] = (),
+    ood_size: int | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Recompute the ensemble predictions and metrics of a finished run.
+
+    Predicts the run's test split (the same subsample as ``fit``) and the test split of
+    each OOD task, rendered with the OOD task's own template and scored with the run's
+    verbalizers. Queries are metered (not budgeted). Updates ``metrics.json``,
+    ``predictions.npz`` and ``meter.json`` and returns the metrics.
+
+    Parameters
+    ----------
+    directory : str or Path
+        The run directory.
+    ood : sequence of str
+        OOD task names.
+    ood_size : int or None
+        Class-balanced subsample of each OOD test split (default: the run's ``test_size``).
+    data_dir : str or None
+        Data root (default: the run's ``data_dir``, then ``$BAYESPROMPT_DATA``).
+    """
+    ood_tasks = [get_task(name) for name in ood]
+    if ood_size is not None and ood_size < 1:
+        raise ValueError(f"ood_size must be >= 1, got {ood_size}")
+    run_dir = RunDirectory.open(directory)
+    config = _saved_config(run_dir, run_dir.read_config(), out=str(directory))
+    if data_dir is not None:
+        config = dataclasses.replace(config, data_dir=data_dir)
+    posterior = run_dir.read_posterior()
+    previous = run_dir.read_metrics() if run_dir.file("metrics.json").is_file() else {}
+    previous.pop("ood", None)  # from an earlier evaluation, maybe with other OOD tasks
+    task = get_task(config.task)
+    meter = Meter()
+    backend = _backend(config, task, meter)
+    test = backend.encode(_test_examples(task, config))
+    potential = _potential(config, backend, run_dir.read_projection(), test)
+    potential.discover_sites()
+    predictions = _predict(config, task, posterior, potential, test)
+    size = ood_size if ood_size is not None else config.test_size
+    ood_predictions = {
+        ood_task.name: _predict_ood(config, task, ood_task, posterior, potential, backend, size) for ood_task in ood_tasks
+    }
+    metrics = {**previous, **_evaluation_metrics(config, task, posterior, predictions, ood_predictions)}
+    metrics["evaluate_api_calls"] = meter.snapshot().to_dict()
+    run_dir.write_metrics(metrics)
+    run_dir.write_predictions(RunPredictions(predictions, _ensemble_probs(config, predictions), ood_predictions, task.name))
+    readings = run_dir.read_meter() if run_dir.file("meter.json").is_file() else {}
+    run_dir.write_meter({**readings, "evaluate": meter.snapshot().to_dict()})
+    return metrics
+
+
+def plot_run(directory: str | Path) -> list[Path]:
+    """Draw the plots of a run's saved predictions into ``plots/`` (replacing its PNGs).
+
+    * ``reliability_pav.png`` -- binary tasks: PAV reliability diagram;
+    * ``reliability.png`` -- top-label reliability diagram;
+    * ``risk_coverage.png`` -- risk against coverage for every uncertainty score;
+    * ``uncertainty_<ood task>_<score>.png`` -- ID vs OOD histograms, per OOD task and score.
+    """
+    from bayesprompt import plotting
+
+    run_dir = RunDirectory.open(directory)
+    saved = run_dir.read_predictions()
+    plots = run_dir.plots_dir
+    plots.mkdir(exist_ok=True)
+    for old in plots.glob("*.png"):
+        old.unlink()
+    test, probs = saved.test, saved.test_probs
+    paths = []
+    if probs.shape[-1] == 2:
+        paths.append(plotting.plot_pav_reliability(test, plots / "reliability_pav.png"))
+    paths.append(plotting.plot_reliability_diagram(probs, test.labels, plots / "reliability.png"))
+    scores = test.uncertainty()
+    correct = (probs.argmax(-1) == test.labels).numpy()
+    paths.append(plotting.plot_risk_coverage(scores, correct, plots / "risk_coverage.png"))
+    for name, ood in saved.ood.items():
+        ood_scores = ood.uncertainty()
+        for score in scores:
+            target = plots / f"uncertainty_{name}_{score}.png"
+            paths.append(plotting.plot_uncertainty_histogram(scores[score], ood_scores[score], target, name=score))
+    return paths
+
+
+# ---------------------------------------------------------------------------- internals: setup
+def _config_dict(config: FitConfig) -> dict[str, Any]:
+    return asdict(config)
+
+
+def _saved_config(run_dir: RunDirectory, saved: Mapping[str, Any], **overrides: Any) -> FitConfig:
+    try:
+        return config_from_dict(saved, **overrides)
+    except ValueError as err:
+        raise RunDirectoryError(f"{run_dir.file('config.json')}: {err}") from err
+
+
+def _setup(config: FitConfig, task: Task, projection: RandomProjection | None) -> _Setup:
+    train, dev, test = _load_examples(task, config)
+    meter = Meter(config.budget)
+    backend = _backend(config, task, meter)
+    if projection is None:
+        projection = RandomProjection.from_embeddings(
+            backend.embedding_table(),
+            intrinsic_dim=config.intrinsic_dim,
+            n_tokens=config.n_tokens,
+            seed=config.projection_seed,
+        )
+    _check_projection(config, projection)
+    train_batch, dev_batch = backend.encode(train), backend.encode(dev)
+    potential = _potential(config, backend, projection, train_batch)
+    return _Setup(config, task, meter, backend, projection, potential, train_batch, dev_batch, test)
+
+
+def _check_projection(config: FitConfig, projection: RandomProjection) -> None:
+    expected = (config.intrinsic_dim, config.n_tokens, config.projection_seed)
+    found = (projection.intrinsic_dim, projection.n_tokens, projection.seed)
+    if expected != found:
+        raise RunDirectoryError(
+            f"projection.npz has (intrinsic_dim, n_tokens, seed) = {found}, the config {expected}"
+        )
+
+
+def _load_examples(task: Task, config: FitConfig) -> tuple[list[Example], list[Example], list[Example]]:
     pool = load_split(task, "train", config.data_dir)
     train, dev = few_shot_split(pool, task.num_classes, k=config.k, dev_k=config.dev_k, seed=config.data_seed)
+    return train, dev, _test_examples(task, config)
+
+
+def _test_examples(task: Task, config: FitConfig) -> list[Example]:
     test = load_split(task, "test", config.data_dir, allow_proxy=True)
     if config.test_size is not None:
         test = balanced_subsample(test, task.num_classes, config.test_size, seed=config.data_seed)
-    return train, dev, test
+    return test
 
 
 def _backend(config: FitConfig, task: Task, meter: Meter) -> PromptBlackBox:
@@ -246,3 +489,195 @@ def _potential(config: FitConfig, backend: PromptBlackBox, projection: RandomPro
     else:
         model = PromptModel(backend, projection, prior_scale=config.prior_scale)
     return Potential(model, (batch,), meter=backend.meter)
+
+
+# ---------------------------------------------------------------------------- internals: inference
+class _Checkpointer:
+    """``run(callback=...)``: writes a checkpoint after every completed engine step."""
+
+    def __init__(
+        self, run_dir: RunDirectory, codec: StateCodec, engine: str, meter: Meter, start: Checkpoint, started: float
+    ) -> None:
+        self.run_dir, self.codec, self.engine, self.meter = run_dir, codec, engine, meter
+        self.iteration = start.iteration
+        self.diagnostics = list(start.diagnostics)
+        self.elapsed, self.digest, self.started = start.elapsed_seconds, start.config_sha256, started
+
+    def __call__(self, state: Any, info: dict[str, Any]) -> None:
+        self.iteration += 1
+        self.diagnostics.append(dict(info))
+        self.write(state)
+
+    def write(self, state: Any) -> None:
+        """Checkpoint ``state`` with the diagnostics and the meter reading so far."""
+        checkpoint = Checkpoint(
+            state=state,
+            engine=self.engine,
+            iteration=self.iteration,
+            diagnostics=self.diagnostics,
+            meter=self.meter.snapshot().to_dict(),
+            elapsed_seconds=self.elapsed + time.perf_counter() - self.started,
+            config_sha256=self.digest,
+        )
+        self.run_dir.write_checkpoint(checkpoint, self.codec)
+
+
+def _infer(
+    setup: _Setup,
+    engine: Engine,
+    run_dir: RunDirectory | None,
+    codec: StateCodec | None,
+    checkpoint: Checkpoint | None,
+    progress: bool,
+) -> tuple[Posterior, float]:
+    """Run (or continue) inference, checkpointing into ``run_dir``; returns the posterior and seconds."""
+    started = time.perf_counter()
+    if checkpoint is None:
+        state = _initial_state(engine, setup.potential, setup.config.seed)
+        start = Checkpoint(None, engine.name, 0, [], {}, 0.0, config_digest(_config_dict(setup.config)))
+    else:
+        setup.meter.restore(checkpoint.meter)
+        setup.potential.discover_sites()  # free: the model stops at its first query
+        state, start = checkpoint.state, checkpoint
+    callback = None
+    if run_dir is not None:
+        callback = _Checkpointer(run_dir, codec if codec is not None else StateCodec(), engine.name, setup.meter, start, started)
+        if checkpoint is None:
+            callback.write(state)
+    posterior = run(
+        engine, setup.potential, seed=setup.config.seed, meter=setup.meter, progress=progress, callback=callback, state=state
+    )
+    posterior.diagnostics = [*start.diagnostics, *posterior.diagnostics]
+    return posterior, start.elapsed_seconds + time.perf_counter() - started
+
+
+def _initial_state(engine: Engine, potential: Potential, seed: int) -> Any:
+    """``engine.init`` as :func:`run` calls it (a budget too small for it is an :class:`InitialBudgetError`)."""
+    try:
+        return engine.init(potential, seed)
+    except BudgetExhausted as err:
+        raise InitialBudgetError(err, engine.name) from err
+
+
+def _complete(
+    setup: _Setup,
+    engine: Engine,
+    run_dir: RunDirectory | None,
+    codec: StateCodec | None,
+    checkpoint: Checkpoint | None,
+    progress: bool,
+) -> FitResult:
+    """Inference, test predictions, metrics and (with a run directory) all result files."""
+    posterior, seconds = _infer(setup, engine, run_dir, codec, checkpoint, progress)
+    meter, config, task = setup.meter, setup.config, setup.task
+    inference_calls = meter.snapshot().to_dict()
+    meter.budget = None  # evaluation is metered but not budgeted
+    test_batch = setup.backend.encode(setup.test)
+    predictions = _predict(config, task, posterior, setup.potential, test_batch)
+    metrics = {
+        "task": task.name,
+        "engine": engine.name,
+        "status": posterior.status,
+        "inference_api_calls": inference_calls,
+        "evaluation_api_calls": meter.calls - inference_calls["calls"],
+        "inference_seconds": seconds,
+        "num_samples": posterior.num_samples,
+        "posterior_ess": posterior.ess,
+        "summary": posterior.summary,
+        **_evaluation_metrics(config, task, posterior, predictions, {}),
+    }
+    result = FitResult(config, posterior, predictions, metrics, setup.projection, run_dir.path if run_dir else None)
+    if run_dir is not None:
+        readings = {"inference": inference_calls, "evaluation": meter.snapshot().to_dict()}
+        _write_results(run_dir, result, readings)
+    return result
+
+
+def _write_results(run_dir: RunDirectory, result: FitResult, readings: Mapping[str, Any]) -> None:
+    run_dir.write_posterior(result.posterior)
+    run_dir.write_diagnostics(result.posterior.diagnostics)
+    run_dir.write_meter(readings)
+    run_dir.write_metrics(result.metrics)
+    probs = _ensemble_probs(result.config, result.predictions)
+    run_dir.write_predictions(RunPredictions(result.predictions, probs, {}, result.config.task))
+    plot_run(run_dir.path)
+
+
+# ---------------------------------------------------------------------------- internals: evaluation
+def _predict(
+    config: FitConfig, task: Task, posterior: Posterior, potential: Potential, batch: EncodedBatch
+) -> EnsemblePredictions:
+    """Per-sample predictions on ``batch``: class probabilities, or votes for likelihood-free runs."""
+    if config.likelihood_free:
+        return predict_votes(posterior, potential.with_args(batch), batch, task.num_classes)
+    return predict(posterior, potential.with_args(batch), batch)
+
+
+def _predict_ood(
+    config: FitConfig,
+    task: Task,
+    ood_task: Task,
+    posterior: Posterior,
+    potential: Potential,
+    backend: PromptBlackBox,
+    size: int | None,
+) -> EnsemblePredictions:
+    """Predictions on ``ood_task``'s test split, rendered with its own template.
+
+    The model observes dummy labels (class 0: the OOD labels need not be classes of the
+    run's task); the returned predictions carry the OOD task's own labels.
+    """
+    examples = load_split(ood_task, "test", config.data_dir, allow_proxy=True)
+    if size is not None:
+        examples = balanced_subsample(examples, ood_task.num_classes, size, seed=config.data_seed)
+    batch = backend.encode(examples, template=ood_task)
+    dummy = dataclasses.replace(batch, labels=torch.zeros_like(batch.labels))
+    predictions = _predict(config, task, posterior, potential, dummy)
+    return EnsemblePredictions(predictions.probs, predictions.weights, batch.labels)
+
+
+def _ensemble_probs(config: FitConfig, predictions: EnsemblePredictions) -> torch.Tensor:
+    """The ensemble's probabilities ``[N, C]`` (smoothed vote shares for likelihood-free runs)."""
+    return predictions.mean(config.vote_smoothing if config.likelihood_free else 0.0)
+
+
+def _evaluation_metrics(
+    config: FitConfig,
+    task: Task,
+    posterior: Posterior,
+    predictions: EnsemblePredictions,
+    ood: Mapping[str, EnsemblePredictions],
+) -> dict[str, Any]:
+    """Test classification, uncertainty, selective-prediction, OOD and ArviZ metrics."""
+    from bayesprompt.arviz import summarize
+
+    probs = _ensemble_probs(config, predictions)
+    scores = predictions.uncertainty()
+    metrics: dict[str, Any] = {
+        "test": classification_report(probs, predictions.labels, task.metric),
+        "test_split": "proxy_test" if task.name == "dbpedia" else "test",
+        "uncertainty": {name: float(value.mean()) for name, value in scores.items()},
+        "selective": selective_prediction_report(probs, predictions.labels, scores=scores),
+        "arviz": summarize(posterior),
+    }
+    if ood:
+        correct = (probs.argmax(-1) == predictions.labels).numpy()
+        metrics["ood"] = {name: _ood_metrics(scores, correct, other.uncertainty()) for name, other in ood.items()}
+    return metrics
+
+
+def _ood_metrics(
+    in_scores: Mapping[str, torch.Tensor], correct: Any, ood_scores: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """AUROC and FPR95 of OOD detection, and the risk-rejection AURC on the pooled set.
+
+    ``"{score}/risk_rejection_aurc"``: the in-distribution and OOD examples are pooled,
+    OOD predictions count as errors, and the least uncertain fraction is kept
+    (:func:`~bayesprompt.metrics.aurc`, lower is better).
+    """
+    report: dict[str, Any] = dict(ood_report(dict(in_scores), dict(ood_scores)))
+    for name in in_scores:
+        pooled = torch.cat([in_scores[name], ood_scores[name]]).numpy()
+        pooled_correct = list(correct) + [False] * len(ood_scores[name])
+        report[f"{name}/risk_rejection_aurc"] = aurc(-pooled, pooled_correct)
+    return report
