@@ -87,10 +87,70 @@ def _build_cmaes(config: "FitConfig", potential: Potential, train: EncodedBatch,
     return CMAES(dev_score=dev_accuracy_score(potential, dev), **options)
 
 
+def _build_eki(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
+    from bayesprompt.inference.kalman import EKI
+
+    return EKI(num_ensemble=config.num_particles, **config.engine_options)
+
+
+def _build_eks(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
+    from bayesprompt.inference.kalman import EKS
+
+    return EKS(num_ensemble=config.num_particles, **config.engine_options)
+
+
+def _build_ensemble_mcmc(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
+    from bayesprompt.inference.mcmc import EnsembleSampler
+
+    walkers = config.num_particles + config.num_particles % 2  # the red-blue split needs an even number
+    options = {"num_iterations": _iterations_for_budget(config, walkers, 1000), **config.engine_options}
+    options.setdefault("burn_in", options["num_iterations"] // 2)
+    return EnsembleSampler(num_walkers=walkers, **options)
+
+
+def _build_rw_mcmc(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch):
+    from bayesprompt.inference.mcmc import PyroRandomWalk
+
+    steps = config.budget - 8 if config.budget is not None else 2000  # Pyro's set-up spends a few queries
+    options = {"warmup_steps": steps // 2, "num_samples": steps - steps // 2, **config.engine_options}
+    return PyroRandomWalk(**options)
+
+
+def _build_ensembles(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
+    from bayesprompt.inference.cma import PromptEnsembles
+
+    options = {"popsize": config.num_particles, **config.engine_options}
+    return PromptEnsembles(meter=potential.meter, dev_score=dev_accuracy_score(potential, dev), **options)
+
+
+def _build_cma_elbo(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
+    from bayesprompt.inference.cma import CMAELBO
+
+    options = {"popsize": config.num_particles, **config.engine_options}
+    return CMAELBO(dev_score=dev_accuracy_score(potential, dev), **options)
+
+
+def _iterations_for_budget(config: "FitConfig", calls_per_iteration: int, default: int) -> int:
+    """As many iterations as the budget allows after the initial population (or ``default``)."""
+    if config.budget is None:
+        return default
+    return max(1, config.budget // calls_per_iteration - 1)
+
+
 #: Engine name -> builder. Add an engine here (and its state class to
 #: :data:`bayesprompt.runs.STATE_CLASSES` so that its runs checkpoint and resume).
 ENGINE_BUILDERS: Mapping[str, EngineBuilder] = MappingProxyType(
-    {"smc": _build_smc, "abc-smc": _build_abc_smc, "cmaes": _build_cmaes}
+    {
+        "smc": _build_smc,
+        "abc-smc": _build_abc_smc,
+        "cmaes": _build_cmaes,
+        "ensembles": _build_ensembles,
+        "cma-elbo": _build_cma_elbo,
+        "eki": _build_eki,
+        "eks": _build_eks,
+        "ensemble-mcmc": _build_ensemble_mcmc,
+        "rw-mcmc": _build_rw_mcmc,
+    }
 )
 #: Engines the pipeline can build.
 ENGINE_NAMES = tuple(ENGINE_BUILDERS)
@@ -532,6 +592,12 @@ def _infer(
 ) -> tuple[Posterior, float]:
     """Run (or continue) inference, checkpointing into ``run_dir``; returns the posterior and seconds."""
     started = time.perf_counter()
+    if not isinstance(engine, Engine):  # e.g. PyroRandomWalk: Pyro owns the loop, so no checkpoints
+        if checkpoint is not None:
+            raise RunDirectoryError(f"engine {setup.config.engine!r} cannot resume from a checkpoint")
+        setup.potential.discover_sites()  # free; prediction needs the sites
+        posterior = engine.run(setup.potential, seed=setup.config.seed, meter=setup.meter, progress=progress)
+        return posterior, time.perf_counter() - started
     if checkpoint is None:
         state = _initial_state(engine, setup.potential, setup.config.seed)
         start = Checkpoint(None, engine.name, 0, [], {}, 0.0, config_digest(_config_dict(setup.config)))

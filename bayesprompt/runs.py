@@ -101,6 +101,12 @@ STATE_CLASSES: tuple[str, ...] = (
     "bayesprompt.inference.smc.tempered.TemperedSMCState",
     "bayesprompt.inference.smc.abc.ABCSMCState",
     "bayesprompt.inference.cma.bbt.CMAState",
+    "bayesprompt.inference.cma.ensembles.EnsembleState",
+    "bayesprompt.inference.cma.elbo.CMAELBOState",
+    "bayesprompt.inference.kalman.eki.EKIState",
+    "bayesprompt.inference.kalman.eks.EKSState",
+    "bayesprompt.inference.mcmc.ensemble.EnsembleState",
+    "bayesprompt.models.priors.GaussianPrior",
 )
 
 #: ``(module, name)`` pairs the restricted unpickler of pycma strategies resolves, besides
@@ -221,6 +227,14 @@ def _import_class(name: str) -> type:
     return cls
 
 
+def _torch_dtype(name: str, path: str) -> torch.dtype:
+    """``"torch.float32"`` -> ``torch.float32`` (only real torch dtypes)."""
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise StateSerializationError(f"{path}: unknown torch dtype {name!r}")
+    return dtype
+
+
 class _Encoder:
     """One encoding pass: collects arrays while building the JSON tree."""
 
@@ -238,6 +252,8 @@ class _Encoder:
             return value  # Python's JSON round-trips these exactly (big ints, inf and nan included)
         if isinstance(value, torch.Tensor):
             return self._tensor(value, path)
+        if isinstance(value, torch.dtype):
+            return {"type": "torch_dtype", "name": str(value)}
         if isinstance(value, np.ndarray):
             return self._ndarray(value, path)
         if isinstance(value, np.generic):
@@ -253,7 +269,7 @@ class _Encoder:
             return {"type": "pycma", "array": self.add(np.frombuffer(value.pickle_dumps(), dtype=np.uint8))}
         raise StateSerializationError(
             f"cannot serialise {path} of type {type(value).__name__}: engine states may hold tensors, "
-            "numpy arrays, numbers, strings, None, tuples, lists, str-keyed dicts, registered "
+            "torch dtypes, numpy arrays, numbers, strings, None, tuples, lists, str-keyed dicts, registered "
             "dataclasses and pycma strategies"
         )
 
@@ -314,6 +330,7 @@ class _Decoder:
             "list": lambda n, p: list(self._items(n, p)),
             "dict": self._dict,
             "pycma": self._pycma,
+            "torch_dtype": lambda n, p: _torch_dtype(n["name"], p),
         }.get(kind)
         if reader is None:
             raise StateSerializationError(f"{path}: unknown node type {kind!r}")
@@ -332,10 +349,7 @@ class _Decoder:
         array = self.array(node, path)
         if list(array.shape) != list(node["shape"]):
             raise StateSerializationError(f"{path}: array has shape {list(array.shape)}, expected {node['shape']}")
-        dtype = getattr(torch, str(node["dtype"]).removeprefix("torch."), None)
-        if not isinstance(dtype, torch.dtype):
-            raise StateSerializationError(f"{path}: unknown tensor dtype {node['dtype']!r}")
-        return torch.from_numpy(np.array(array)).to(dtype)
+        return torch.from_numpy(np.array(array)).to(_torch_dtype(node["dtype"], path))
 
     def _ndarray(self, node: Mapping[str, Any], path: str) -> np.ndarray:
         array = self.array(node, path)

@@ -392,6 +392,11 @@ ENGINE_CASES = {
     "smc": {"engine_options": {"target_ess": 0.9, "max_moves": 2}},
     "abc-smc": {"engine_options": {"max_stages": 4}},
     "cmaes": {"engine_options": {"max_iterations": 6, "dev_every": 2}},
+    "ensembles": {"engine_options": {"num_members": 2, "max_iterations": 3, "dev_every": 2}},
+    "cma-elbo": {"engine_options": {"max_iterations": 5, "num_mc_samples": 2, "dev_every": 2}},
+    "eki": {"engine_options": {"tikhonov": True, "max_iterations": 5}},
+    "eks": {"engine_options": {"num_iterations": 5}},
+    "ensemble-mcmc": {"engine_options": {"num_iterations": 6, "burn_in": 2}},
 }
 
 
@@ -438,3 +443,12 @@ def test_unregistered_engine_state_fails_at_the_first_checkpoint(tmp_path, fake_
                                 num_particles=4, out=str(tmp_path / "run"))
     with pytest.raises(StateSerializationError, match="UnregisteredState is not on the state allow-list"):
         pipeline.fit(config, progress=False, engine=Custom(num_particles=4))
+
+
+def test_random_walk_runs_through_the_pipeline_but_does_not_checkpoint(tmp_path, fake_backend):
+    config = pipeline.FitConfig(task="sst2", engine="rw-mcmc", budget=60, k=4, dev_k=2, test_size=10,
+                                intrinsic_dim=5, n_tokens=2, out=str(tmp_path / "rw"))
+    result = pipeline.fit(config, progress=False)
+    assert result.posterior.engine == "rw-mcmc" and result.posterior.num_samples > 0
+    assert result.metrics["inference_api_calls"]["calls"] <= 60
+    assert not (tmp_path / "rw" / "checkpoint.npz").exists()
