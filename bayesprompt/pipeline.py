@@ -80,6 +80,12 @@ def _build_abc_smc(config: "FitConfig", potential: Potential, train: EncodedBatc
     return ABCSMC(num_particles=config.num_particles, observed=train.labels, **config.engine_options)
 
 
+def _build_abc_mcmc(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
+    from bayesprompt.inference.smc import AdaptiveABCSMC
+
+    return AdaptiveABCSMC(num_particles=config.num_particles, observed=train.labels, **config.engine_options)
+
+
 def _build_cmaes(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch) -> Engine:
     from bayesprompt.inference.cma import CMAES
 
@@ -143,6 +149,7 @@ ENGINE_BUILDERS: Mapping[str, EngineBuilder] = MappingProxyType(
     {
         "smc": _build_smc,
         "abc-smc": _build_abc_smc,
+        "abc-mcmc": _build_abc_mcmc,
         "cmaes": _build_cmaes,
         "ensembles": _build_ensembles,
         "cma-elbo": _build_cma_elbo,
@@ -155,7 +162,7 @@ ENGINE_BUILDERS: Mapping[str, EngineBuilder] = MappingProxyType(
 #: Engines the pipeline can build.
 ENGINE_NAMES = tuple(ENGINE_BUILDERS)
 #: Engines that only see the label-only view.
-LIKELIHOOD_FREE_ENGINES = frozenset({"abc-smc"})
+LIKELIHOOD_FREE_ENGINES = frozenset({"abc-smc", "abc-mcmc"})
 
 
 @dataclass(frozen=True)

@@ -391,6 +391,7 @@ def _interrupt_after(monkeypatch, checkpoints: int) -> None:
 ENGINE_CASES = {
     "smc": {"engine_options": {"target_ess": 0.9, "max_moves": 2}},
     "abc-smc": {"engine_options": {"max_stages": 4}},
+    "abc-mcmc": {"engine_options": {"max_stages": 4}},
     "cmaes": {"engine_options": {"max_iterations": 6, "dev_every": 2}},
     "ensembles": {"engine_options": {"num_members": 2, "max_iterations": 3, "dev_every": 2}},
     "cma-elbo": {"engine_options": {"max_iterations": 5, "num_mc_samples": 2, "dev_every": 2}},

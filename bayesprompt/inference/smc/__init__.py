@@ -5,10 +5,13 @@
   :func:`multinomial`, :func:`residual`;
 * :func:`ess`, :func:`normalize` -- weight utilities;
 * :func:`next_beta`, :func:`incremental_log_weights` -- adaptive tempering;
-* :class:`ABCSMC` -- the likelihood-free engine (defined in :mod:`.abc`).
+* :class:`ABCSMC` -- the likelihood-free engine (defined in :mod:`.abc`);
+* :class:`AdaptiveABCSMC` -- likelihood-free ABC-SMC with MCMC moves for high
+  dimension (defined in :mod:`.abc_mcmc`; its moves are in :mod:`.moves`).
 """
 
 from bayesprompt.inference.smc.abc import ABCSMC, ABCSMCState
+from bayesprompt.inference.smc.abc_mcmc import AdaptiveABCSMC, AdaptiveABCSMCState
 from bayesprompt.inference.smc.ess import ess, normalize
 from bayesprompt.inference.smc.resampling import (
     SCHEMES,
@@ -24,6 +27,8 @@ from bayesprompt.inference.smc.tempering import incremental_log_weights, next_be
 __all__ = [
     "ABCSMC",
     "ABCSMCState",
+    "AdaptiveABCSMC",
+    "AdaptiveABCSMCState",
     "SCHEMES",
     "TemperedSMC",
     "TemperedSMCState",

@@ -39,15 +39,19 @@ import torch
 from bayesprompt.inference.base import Engine, generator_from, make_generator
 from bayesprompt.inference.posterior import Posterior, Status
 from bayesprompt.inference.smc.ess import ess, normalize
+from bayesprompt.inference.smc.moves import (
+    PROPOSALS,
+    adapted_scale,
+    proposal_factor,
+    random_walk,
+    rejuvenate,
+    sanitised,
+)
 from bayesprompt.inference.smc.resampling import SCHEMES, resample
 from bayesprompt.inference.smc.tempering import incremental_log_weights, next_beta, tempered_log_likelihood
-from bayesprompt.models.potential import Evaluation, Potential, seeded
+from bayesprompt.models.potential import Evaluation, Potential
 
 __all__ = ["TemperedSMC", "TemperedSMCState"]
-
-PROPOSALS = ("auto", "full", "diag")
-_MAX_JITTER_TRIES = 8
-_SCALE_BOUNDS = (1e-3, 1e2)
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,7 @@ class TemperedSMC(Engine[TemperedSMCState]):
             If no initial particle has a finite log likelihood (nothing to temper toward).
         """
         generator = make_generator(seed)
-        particles = _sanitised(potential.init_population(self.num_particles, generator))
+        particles = sanitised(potential.init_population(self.num_particles, generator))
         if not bool(torch.isfinite(particles.log_likelihood).any()):
             raise ValueError(
                 f"{self.name}: all {self.num_particles} initial particles have a -inf or NaN log "
@@ -286,101 +290,29 @@ class TemperedSMC(Engine[TemperedSMCState]):
         generator: torch.Generator,
     ) -> tuple[Evaluation, list[float]]:
         """Metropolis moves until the planned number (re-planned after each move) is done."""
-        rates: list[float] = []
-        planned = self.min_moves
-        while len(rates) < planned:
-            particles, rate = _metropolis(potential, particles, beta, factor, generator)
-            rates.append(rate)
-            planned = self._planned_moves(sum(rates) / len(rates))
+        particles, rates, _ = rejuvenate(
+            potential,
+            particles,
+            lambda _: random_walk(factor),
+            generator,
+            lambda evaluation: _log_target(evaluation, beta),
+            self.min_moves,
+            self.max_moves,
+            self.move_probability,
+        )
         return particles, rates
 
-    def _planned_moves(self, acceptance: float) -> int:
-        """Smallest ``m`` with ``1 - (1 - acceptance)^m >= move_probability``, clipped."""
-        if acceptance <= 0.0:
-            return self.max_moves
-        if acceptance >= 1.0:
-            return self.min_moves
-        moves = math.ceil(math.log1p(-self.move_probability) / math.log1p(-acceptance))
-        return min(max(moves, self.min_moves), self.max_moves)
-
     def _adapted_scale(self, scale: float, acceptance: float) -> float:
-        if self.target_acceptance is None:
-            return scale
-        low, high = _SCALE_BOUNDS
-        return min(max(scale * math.exp(acceptance - self.target_acceptance), low), high)
+        return adapted_scale(scale, acceptance, self.target_acceptance)
 
     def _proposal_factor(self, u: torch.Tensor, log_weights: torch.Tensor, scale: float) -> torch.Tensor:
         """Random-walk factor: std vector ``[D]`` (diagonal) or Cholesky factor ``[D, D]``."""
-        dim = u.shape[1]
-        full = self.proposal == "full" or (self.proposal == "auto" and len(u) >= 4 * dim)
-        estimate = _weighted_cholesky if full else _weighted_std
-        factor = estimate(u, log_weights, self.jitter)
-        return (scale * 2.38 / math.sqrt(dim)) * factor
-
-
-def _metropolis(
-    potential: Potential,
-    particles: Evaluation,
-    beta: float,
-    factor: torch.Tensor,
-    generator: torch.Generator,
-) -> tuple[Evaluation, float]:
-    """One random-walk Metropolis move of the whole population (one evaluate call)."""
-    u = particles.u
-    noise = torch.randn(u.shape, generator=generator, dtype=torch.float64)
-    step = noise * factor if factor.ndim == 1 else noise @ factor.T
-    with seeded(generator):  # model-internal randomness stays a function of the engine seed
-        proposed = _sanitised(potential.evaluate((u.double() + step).to(u.dtype)))
-    proposed_target = _log_target(proposed, beta)
-    log_ratio = proposed_target - _log_target(particles, beta)
-    log_uniform = torch.log(torch.rand(len(particles), generator=generator, dtype=torch.float64))
-    # NaN ratios reject; so do +inf densities (a degenerate likelihood, e.g. a zero noise scale)
-    accept = (log_uniform < log_ratio) & (proposed_target < math.inf)
-    return Evaluation.where(accept, proposed, particles), float(accept.double().mean())
+        return proposal_factor(u, log_weights, scale, self.proposal, self.jitter)
 
 
 def _log_target(particles: Evaluation, beta: float) -> torch.Tensor:
     """``log p(u) + beta log L(u)`` in float64 (``-inf`` where the likelihood is zero)."""
     return particles.log_prior.double() + tempered_log_likelihood(particles.log_likelihood, beta)
-
-
-def _sanitised(evaluation: Evaluation) -> Evaluation:
-    """Map NaN log densities to ``-inf`` (a zero density, never accepted or resampled)."""
-    return Evaluation(
-        evaluation.u,
-        torch.nan_to_num(evaluation.log_prior, nan=-math.inf, posinf=math.inf, neginf=-math.inf),
-        torch.nan_to_num(evaluation.log_likelihood, nan=-math.inf, posinf=math.inf, neginf=-math.inf),
-        evaluation.outputs,
-    )
-
-
-def _weighted_moments(u: torch.Tensor, log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights ``[N]`` and weighted-mean-centred particles ``[N, D]`` (float64)."""
-    weights = log_weights.exp().to(torch.float64)
-    u = u.detach().to(torch.float64)
-    centred = u - weights @ u
-    return weights, centred
-
-
-def _weighted_std(u: torch.Tensor, log_weights: torch.Tensor, jitter: float) -> torch.Tensor:
-    weights, centred = _weighted_moments(u, log_weights)
-    variance = weights @ centred.square()
-    return (variance + jitter * variance.mean() + 1e-12).sqrt()
-
-
-def _weighted_cholesky(u: torch.Tensor, log_weights: torch.Tensor, jitter: float) -> torch.Tensor:
-    """Cholesky factor of the weighted covariance; jitter grows until it factorises."""
-    weights, centred = _weighted_moments(u, log_weights)
-    cov = (centred * weights.unsqueeze(1)).T @ centred
-    cov = 0.5 * (cov + cov.T)
-    eye = torch.eye(cov.shape[0], dtype=torch.float64)
-    ridge = jitter * float(cov.diagonal().mean()) + 1e-12
-    for _ in range(_MAX_JITTER_TRIES):
-        factor, status = torch.linalg.cholesky_ex(cov + ridge * eye)
-        if int(status) == 0:
-            return factor
-        ridge *= 10.0
-    return _weighted_std(u, log_weights, jitter)
 
 
 def _require(condition: bool, message: str) -> None:
