@@ -423,7 +423,8 @@ def test_budget_exhaustion_returns_last_complete_stage():
     assert len(states) >= 1 and len(post.diagnostics) == len(states)
     last = states[-1]
     assert post.summary["final_beta"] == last.beta < 1.0
-    assert post.summary["log_evidence"] == last.log_evidence
+    # before beta = 1 the estimate is log Z_beta, never reported as the evidence
+    assert math.isnan(post.summary["log_evidence"]) and post.summary["log_normalizer"] == last.log_evidence
     assert torch.equal(post.samples["z"], potential.unpack(last.particles.u)["z"])
 
 

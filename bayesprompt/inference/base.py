@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from bayesprompt.inference.posterior import Posterior, Status
 from bayesprompt.lm.meter import BudgetExhausted, Meter

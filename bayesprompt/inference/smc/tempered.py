@@ -264,7 +264,9 @@ class TemperedSMC(Engine[TemperedSMCState]):
         """The equally weighted population, in constrained coordinates.
 
         Before ``beta = 1`` (budget exhausted, ``max_stages``) the particles target the
-        tempered ``p_beta``, not the posterior: ``summary["final_beta"]`` says which.
+        tempered ``p_beta``, not the posterior: ``summary["final_beta"]`` says which, and
+        ``summary["log_evidence"]`` is NaN (``log_normalizer`` then holds the estimate of
+        ``log Z_beta``, which is not the evidence and must not enter a Bayes factor).
         """
         samples = {name: value.detach() for name, value in potential.unpack(state.particles.u).items()}
         return Posterior(
@@ -273,7 +275,8 @@ class TemperedSMC(Engine[TemperedSMCState]):
             status=self.stop_reason(state) or "running",
             engine=self.name,
             summary={
-                "log_evidence": state.log_evidence,
+                "log_evidence": state.log_evidence if state.beta >= 1.0 else math.nan,
+                "log_normalizer": state.log_evidence,
                 "final_beta": state.beta,
                 "stages": state.stage,
                 "evaluations": state.evaluations,
