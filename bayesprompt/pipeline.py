@@ -28,11 +28,10 @@ import torch
 
 from bayesprompt.data import balanced_subsample, few_shot_split, get_task, load_split
 from bayesprompt.data.task import Example, Task
-from bayesprompt.inference.base import Engine, InitialBudgetError, run
+from bayesprompt.inference.base import Engine, init_state, run
 from bayesprompt.inference.posterior import Posterior
 from bayesprompt.lm import LabelOnly, Meter, load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
-from bayesprompt.lm.meter import BudgetExhausted
 from bayesprompt.metrics import aurc, classification_report, ood_report, selective_prediction_report
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
@@ -606,7 +605,7 @@ def _infer(
         posterior = engine.run(setup.potential, seed=setup.config.seed, meter=setup.meter, progress=progress)
         return posterior, time.perf_counter() - started
     if checkpoint is None:
-        state = _initial_state(engine, setup.potential, setup.config.seed)
+        state = init_state(engine, setup.potential, setup.config.seed)
         start = Checkpoint(None, engine.name, 0, [], {}, 0.0, config_digest(_config_dict(setup.config)))
     else:
         setup.meter.restore(checkpoint.meter)
@@ -622,14 +621,6 @@ def _infer(
     )
     posterior.diagnostics = [*start.diagnostics, *posterior.diagnostics]
     return posterior, start.elapsed_seconds + time.perf_counter() - started
-
-
-def _initial_state(engine: Engine, potential: Potential, seed: int) -> Any:
-    """``engine.init`` as :func:`run` calls it (a budget too small for it is an :class:`InitialBudgetError`)."""
-    try:
-        return engine.init(potential, seed)
-    except BudgetExhausted as err:
-        raise InitialBudgetError(err, engine.name) from err
 
 
 def _complete(

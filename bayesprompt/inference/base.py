@@ -28,7 +28,7 @@ from bayesprompt.inference.posterior import Posterior, Status
 from bayesprompt.lm.meter import BudgetExhausted, Meter
 from bayesprompt.models.potential import Potential
 
-__all__ = ["Engine", "run", "make_generator", "generator_from", "InitialBudgetError"]
+__all__ = ["Engine", "run", "init_state", "make_generator", "generator_from", "InitialBudgetError"]
 
 State = TypeVar("State")
 
@@ -81,6 +81,14 @@ class Engine(ABC, Generic[State]):
         """The weighted samples represented by ``state``."""
 
 
+def init_state(engine: Engine, potential: Potential, seed: int) -> Any:
+    """``engine.init``, with a budget too small for it reported as :class:`InitialBudgetError`."""
+    try:
+        return engine.init(potential, seed)
+    except BudgetExhausted as err:
+        raise InitialBudgetError(err, engine.name) from err
+
+
 def run(
     engine: Engine,
     potential: Potential,
@@ -112,10 +120,7 @@ def run(
     if state is not None:
         potential.discover_sites()  # a fresh Potential (e.g. on resume) learns its sites, free with a meter
     else:
-        try:
-            state = engine.init(potential, seed)
-        except BudgetExhausted as err:
-            raise InitialBudgetError(err, engine.name) from err
+        state = init_state(engine, potential, seed)
     diagnostics: list[dict[str, Any]] = []
     total = meter.budget if meter is not None else None
     status = engine.stop_reason(state)

@@ -10,7 +10,6 @@ naming the offending site otherwise.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -31,9 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import pyro.distributions as dist
 import torch
-from pyro import poutine
 
 from bayesprompt.inference.base import Engine, generator_from, make_generator
 from bayesprompt.inference.cma.bbt import DevScore, ask, dev_due, new_strategy, strategy_stop_reason, tell

@@ -54,8 +54,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import Categorical, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
-from torch.distributions import constraints
+from torch.distributions import Categorical, Normal
 
 from bayesprompt.models.potential import Potential, seeded
 from bayesprompt.models.priors import (
