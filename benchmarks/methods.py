@@ -1,0 +1,517 @@
+"""The benchmark's methods: one registry entry per row of the results table.
+
+Every method is fitted on the same black box (same model, precision and
+:class:`~bayesprompt.lm.meter.Meter`) from a :class:`MethodContext`, and returns a
+:class:`MethodOutcome` whose ``predictor`` turns any encoded batch (test set, OOD set)
+into :class:`~bayesprompt.predict.EnsemblePredictions`. Three kinds of method exist:
+
+* **engine** methods build a bayesprompt engine (or a peer's algorithm implemented as
+  one) and run it under the cell's API budget; their posterior is evaluated with
+  :func:`~bayesprompt.predict.predict` (score-based) or
+  :func:`~bayesprompt.predict.predict_votes` (likelihood-free engines, which only ever see
+  predicted labels through :class:`~bayesprompt.lm.LabelOnly`);
+* **zero-shot**: a zero-length prompt (no soft prompt at all; ``z = 0`` through the
+  projection would put ten zero vectors in the input, which is not neutral);
+* **white-box**: gradient tuning of the prompt through the model
+  (:mod:`benchmarks.whitebox`), the full-access reference; it has no API budget.
+
+Engines are imported lazily inside the builders, and each :class:`MethodSpec` lists the
+modules it needs, so a method whose engine is not importable (yet) is reported as
+``unavailable`` by :func:`availability` instead of crashing the suite.
+
+Examples
+--------
+>>> registry = default_registry()
+>>> registry["smc"].budget, registry["bbt-8000"].budget, registry["zero-shot"].budget
+('common', 8000, 'none')
+>>> effective_budget(registry["bbt-8000"], 2000), effective_budget(registry["smc"], 2000)
+(8000, 2000)
+>>> availability(MethodSpec("x", "X", "ours", "needs a missing engine", fit_zero_shot, requires=("no_such_module:Engine",)))
+(False, "cannot import no_such_module: No module named 'no_such_module'")
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bayesprompt.data.task import Task
+from bayesprompt.inference.base import Engine, run
+from bayesprompt.inference.posterior import Posterior
+from bayesprompt.lm import LabelOnly, Meter
+from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
+from bayesprompt.models.potential import Potential
+from bayesprompt.models.projection import RandomProjection
+from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel
+from bayesprompt.predict import EnsemblePredictions, predict, predict_votes
+
+__all__ = [
+    "BudgetPolicy",
+    "MethodContext",
+    "MethodOutcome",
+    "MethodSpec",
+    "Predictor",
+    "availability",
+    "default_registry",
+    "dev_accuracy_score",
+    "effective_budget",
+    "prediction_posterior",
+]
+
+#: ``"common"``: the cell's budget; ``"none"``: not budgeted (zero-shot, white-box);
+#: an int: a fixed budget whatever the cell's (BBT at 8,000 calls).
+BudgetPolicy = str | int
+
+#: Maps an encoded batch to per-sample class probabilities.
+Predictor = Callable[[EncodedBatch], EnsemblePredictions]
+
+
+@dataclass
+class MethodContext:
+    """Everything a method may use, shared by all methods of a cell.
+
+    Attributes
+    ----------
+    task : Task
+        The task.
+    backend : PromptBlackBox
+        The black box; ``backend.meter`` is the cell's meter (budget already set).
+    projection : RandomProjection
+        The fixed random projection ``z -> prompt`` of the engine methods.
+    train, dev : EncodedBatch
+        Few-shot training and dev batches.
+    budget : int or None
+        API-call budget of this method in this cell (``None``: unbudgeted).
+    seed : int
+        Engine seed.
+    num_particles : int
+        Population size of particle / ensemble engines.
+    prior_scale : float
+        Scale of the ``N(0, s^2 I)`` prior on z.
+    max_prediction_samples : int
+        Posterior samples used for prediction (more are thinned or resampled).
+    vote_smoothing : float
+        Dirichlet smoothing of the vote distribution of likelihood-free methods.
+    options : dict
+        Per-method keyword overrides (from the benchmark configuration): engine
+        constructor arguments, or :class:`benchmarks.whitebox.WhiteBoxConfig` fields for
+        the white-box method.
+    progress : bool
+        Show engine progress bars.
+    """
+
+    task: Task
+    backend: PromptBlackBox
+    projection: RandomProjection
+    train: EncodedBatch
+    dev: EncodedBatch
+    budget: int | None
+    seed: int
+    num_particles: int = 32
+    prior_scale: float = 1.0
+    max_prediction_samples: int = 64
+    vote_smoothing: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = False
+
+    @property
+    def meter(self) -> Meter:
+        """The cell's meter (the backend's)."""
+        return self.backend.meter
+
+
+@dataclass
+class MethodOutcome:
+    """What fitting a method gives.
+
+    Attributes
+    ----------
+    predictor : callable
+        ``EncodedBatch -> EnsemblePredictions`` (metered on the cell's meter).
+    status : str
+        Why the method stopped (an engine :class:`~bayesprompt.inference.Status` value,
+        or ``"finished"``).
+    num_samples : int
+        Samples of the fitted posterior (1 for point estimates).
+    prediction_samples : int
+        Samples actually used for prediction (see ``max_prediction_samples``).
+    ess : float or None
+        Kish ESS of the posterior weights.
+    likelihood_free : bool
+        Whether the predictor gives votes (one-hot per sample).
+    summary : dict
+        Engine summary scalars (JSON-serialisable).
+    """
+
+    predictor: Predictor
+    status: str
+    num_samples: int
+    prediction_samples: int
+    ess: float | None
+    likelihood_free: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the benchmark.
+
+    Parameters
+    ----------
+    name : str
+        Registry key (used on the command line and in cache keys).
+    label : str
+        Display name in the table.
+    family : str
+        ``"reference"`` (zero-shot, white-box), ``"peer"`` (BBT and the paper's
+        baselines) or ``"ours"``.
+    description : str
+        One line for the README / ``--list-methods``.
+    fit : callable
+        ``MethodContext -> MethodOutcome``.
+    budget : str or int
+        See :data:`BudgetPolicy`.
+    requires : tuple of str
+        ``"module:attribute"`` entries that must import for the method to run.
+    """
+
+    name: str
+    label: str
+    family: str
+    description: str
+    fit: Callable[[MethodContext], MethodOutcome]
+    budget: BudgetPolicy = "common"
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.budget not in ("common", "none") and not (isinstance(self.budget, int) and self.budget > 0):
+            raise ValueError(f"method {self.name!r}: budget must be 'common', 'none' or a positive int, got {self.budget!r}")
+        if self.family not in ("reference", "peer", "ours"):
+            raise ValueError(f"method {self.name!r}: family must be 'reference', 'peer' or 'ours', got {self.family!r}")
+
+
+def effective_budget(spec: MethodSpec, common: int | None) -> int | None:
+    """The API budget ``spec`` runs under in a cell whose common budget is ``common``."""
+    if spec.budget == "common":
+        return common
+    if spec.budget == "none":
+        return None
+    return int(spec.budget)
+
+
+def availability(spec: MethodSpec) -> tuple[bool, str]:
+    """``(True, "")`` if every module in ``spec.requires`` imports, else ``(False, reason)``."""
+    for requirement in spec.requires:
+        module_name, _, attribute = requirement.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:  # noqa: BLE001 - any import failure makes the method unavailable
+            return False, f"cannot import {module_name}: {err}"
+        if attribute and not hasattr(module, attribute):
+            return False, f"{module_name} has no {attribute!r}"
+    return True, ""
+
+
+# ---------------------------------------------------------------------- shared pieces
+
+
+def dev_accuracy_score(potential: Potential, dev_batch: EncodedBatch) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``u -> dev accuracy + 1e-6 * dev log-likelihood`` (BBT's dev selection, ties by likelihood).
+
+    Same definition as :func:`bayesprompt.pipeline.dev_accuracy_score`; each evaluation
+    costs one API call per prompt on the dev batch, charged to the cell's budget.
+    """
+
+    def score(u: torch.Tensor) -> torch.Tensor:
+        probs = potential.with_args(dev_batch).trace(u).nodes["y"]["fn"].probs.reshape(u.shape[0], len(dev_batch), -1)
+        correct = (probs.argmax(-1) == dev_batch.labels).double().mean(-1)
+        log_lik = probs.gather(-1, dev_batch.labels.expand(u.shape[0], -1).unsqueeze(-1)).log().sum((-1, -2))
+        return correct + 1e-6 * log_lik.double()
+
+    return score
+
+
+def prediction_posterior(posterior: Posterior, max_samples: int, seed: int) -> Posterior:
+    """At most ``max_samples`` samples of ``posterior`` for prediction.
+
+    Equally weighted samples (MCMC chains, ensembles) are thinned evenly; weighted ones
+    are resampled multinomially (seeded), which keeps the model average unbiased.
+
+    Examples
+    --------
+    >>> post = Posterior({"z": torch.arange(10.0).unsqueeze(-1)}, torch.zeros(10))
+    >>> prediction_posterior(post, 4, seed=0).samples["z"].flatten().tolist()
+    [0.0, 3.0, 6.0, 9.0]
+    """
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    size = posterior.num_samples
+    if size <= max_samples:
+        return posterior
+    weights = posterior.weights
+    if torch.allclose(weights, torch.full_like(weights, 1.0 / size)):
+        index = torch.linspace(0, size - 1, max_samples).round().long()
+        return Posterior(
+            {k: v[index] for k, v in posterior.samples.items()},
+            torch.zeros(max_samples),
+            posterior.diagnostics,
+            posterior.api_calls,
+            posterior.status,
+            posterior.engine,
+            posterior.summary,
+        )
+    return posterior.resample(max_samples, torch.Generator().manual_seed(int(seed)))
+
+
+def make_potential(ctx: MethodContext, likelihood_free: bool) -> Potential:
+    """The training potential of an engine method (score-based or label-only model)."""
+    if likelihood_free:
+        model = LikelihoodFreePromptModel(LabelOnly(ctx.backend), ctx.projection, prior_scale=ctx.prior_scale)
+    else:
+        model = PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale)
+    return Potential(model, (ctx.train,), meter=ctx.meter)
+
+
+def posterior_outcome(ctx: MethodContext, posterior: Posterior, potential: Potential, likelihood_free: bool) -> MethodOutcome:
+    """Wrap a fitted posterior: thin it for prediction and build its predictor."""
+    used = prediction_posterior(posterior, ctx.max_prediction_samples, ctx.seed)
+    num_classes = ctx.task.num_classes
+
+    def predictor(batch: EncodedBatch) -> EnsemblePredictions:
+        if likelihood_free:
+            return predict_votes(used, potential.with_args(batch), batch, num_classes)
+        return predict(used, potential.with_args(batch), batch)
+
+    return MethodOutcome(
+        predictor=predictor,
+        status=posterior.status,
+        num_samples=posterior.num_samples,
+        prediction_samples=used.num_samples,
+        ess=posterior.ess,
+        likelihood_free=likelihood_free,
+        summary=_scalars(posterior.summary),
+    )
+
+
+def prompt_predictor(backend: PromptBlackBox, prompts: torch.Tensor) -> Predictor:
+    """Equally weighted predictions of fixed prompts ``[S, n, d]`` (``n`` may be 0)."""
+    prompts = prompts.detach()
+
+    def predictor(batch: EncodedBatch) -> EnsemblePredictions:
+        probs = backend.score(prompts, batch).softmax(-1)
+        size = prompts.shape[0]
+        return EnsemblePredictions(probs, torch.full((size,), 1.0 / size), batch.labels)
+
+    return predictor
+
+
+def fit_engine(
+    ctx: MethodContext,
+    make_engine: Callable[[MethodContext, Potential], Engine],
+    likelihood_free: bool = False,
+) -> MethodOutcome:
+    """Build the potential, run the engine under the cell's meter, wrap the posterior."""
+    potential = make_potential(ctx, likelihood_free)
+    engine = make_engine(ctx, potential)
+    posterior = run(engine, potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
+    return posterior_outcome(ctx, posterior, potential, likelihood_free)
+
+
+def _scalars(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-friendly scalar entries of an engine summary."""
+    out: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool | int | str) or value is None:
+            out[key] = value
+        elif isinstance(value, float):
+            out[key] = value if math.isfinite(value) else str(value)
+    return out
+
+
+def _options(ctx: MethodContext, defaults: dict[str, Any]) -> dict[str, Any]:
+    return {**defaults, **ctx.options}
+
+
+# ---------------------------------------------------------------------- method fitters
+
+
+def fit_zero_shot(ctx: MethodContext) -> MethodOutcome:
+    """No prompt at all: a zero-length prompt (the model's plain sentence embedding)."""
+    zero = torch.zeros(1, 0, ctx.backend.embed_dim)
+    return MethodOutcome(prompt_predictor(ctx.backend, zero), "finished", 1, 1, 1.0)
+
+
+def fit_whitebox(ctx: MethodContext) -> MethodOutcome:
+    """Adam on the prompt through the model (full access), early-stopped on dev."""
+    from benchmarks.whitebox import WhiteBoxConfig, train_prompt
+
+    config = WhiteBoxConfig(**{"seed": ctx.seed, "n_tokens": ctx.projection.n_tokens, **ctx.options})
+    result = train_prompt(ctx.backend, ctx.train, ctx.dev, config, projection=ctx.projection)
+    summary = {
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "best_dev_score": result.best_dev_score,
+        "initial_train_loss": result.train_losses[0],
+        "final_train_loss": result.train_losses[-1],
+        "forward_passes": result.forward_passes,
+        "backward_passes": result.backward_passes,
+    }
+    return MethodOutcome(prompt_predictor(ctx.backend, result.prompt.unsqueeze(0)), result.status, 1, 1, 1.0, summary=summary)
+
+
+def _bbt_engine(ctx: MethodContext, potential: Potential) -> Engine:
+    from bayesprompt.inference.cma import CMAES
+
+    options = _options(ctx, {"popsize": 20})
+    return CMAES(dev_score=dev_accuracy_score(potential, ctx.dev), **options)
+
+
+def _ensembles_engine(ctx: MethodContext, potential: Potential) -> Engine:
+    from bayesprompt.inference.cma import PromptEnsembles
+
+    options = _options(ctx, {"num_members": 5, "popsize": 20})
+    return PromptEnsembles(meter=ctx.meter, dev_score=dev_accuracy_score(potential, ctx.dev), **options)
+
+
+def _cma_elbo_engine(ctx: MethodContext, potential: Potential) -> Engine:
+    from bayesprompt.inference.cma import CMAELBO
+
+    options = _options(ctx, {"popsize": 20, "num_mc_samples": 4, "num_samples": ctx.num_particles})
+    return CMAELBO(dev_score=dev_accuracy_score(potential, ctx.dev), **options)
+
+
+def _smc_engine(ctx: MethodContext, potential: Potential) -> Engine:
+    from bayesprompt.inference.smc import TemperedSMC
+
+    return TemperedSMC(**_options(ctx, {"num_particles": ctx.num_particles}))
+
+
+def _abc_engine(weighting: str, schedule: str) -> Callable[[MethodContext, Potential], Engine]:
+    def build(ctx: MethodContext, potential: Potential) -> Engine:
+        from bayesprompt.inference.smc import ABCSMC
+
+        defaults = {"num_particles": ctx.num_particles, "weighting": weighting, "schedule": schedule}
+        return ABCSMC(observed=ctx.train.labels, **_options(ctx, defaults))
+
+    return build
+
+
+def _abc_mcmc_engine(ctx: MethodContext, potential: Potential) -> Engine:
+    from bayesprompt.inference.smc.abc_mcmc import AdaptiveABCSMC
+
+    return AdaptiveABCSMC(observed=ctx.train.labels, **_options(ctx, {"num_particles": ctx.num_particles}))
+
+
+def _eki_engine(ctx: MethodContext, potential: Potential) -> Engine:
+    from bayesprompt.inference.kalman import EKI
+
+    return EKI(**_options(ctx, {"num_ensemble": ctx.num_particles}))
+
+
+def _eks_engine(ctx: MethodContext, potential: Potential) -> Engine:
+    from bayesprompt.inference.kalman import EKS
+
+    iterations = 50 if ctx.budget is None else max(1, ctx.budget // ctx.num_particles)
+    return EKS(**_options(ctx, {"num_ensemble": ctx.num_particles, "num_iterations": iterations}))
+
+
+def _ensemble_mcmc_engine(ctx: MethodContext, potential: Potential) -> Engine:
+    from bayesprompt.inference.mcmc import EnsembleSampler
+
+    walkers = max(4, ctx.num_particles + ctx.num_particles % 2)
+    iterations = 100 if ctx.budget is None else max(2, (ctx.budget - walkers) // walkers)
+    defaults = {"num_walkers": walkers, "num_iterations": iterations, "burn_in": iterations // 2}
+    return EnsembleSampler(**_options(ctx, defaults))
+
+
+def fit_random_walk(ctx: MethodContext) -> MethodOutcome:
+    """Pyro's RandomWalkKernel, one chain from a prior draw; half the budget is warmup."""
+    from pyro.infer.autoguide.initialization import init_to_sample
+
+    from bayesprompt.inference.mcmc import PyroRandomWalk
+
+    steps = 2000 if ctx.budget is None else max(2, ctx.budget - 8)  # Pyro's set-up costs ~4 calls per chain
+    defaults = {"warmup_steps": steps // 2, "num_samples": steps - steps // 2, "init_strategy": init_to_sample}
+    sampler = PyroRandomWalk(**_options(ctx, defaults))
+    potential = make_potential(ctx, likelihood_free=False)
+    potential.discover_sites()  # free with a meter; predict() needs the sites
+    posterior = sampler.run(potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
+    return posterior_outcome(ctx, posterior, potential, likelihood_free=False)
+
+
+def _engine_fitter(make_engine: Callable[[MethodContext, Potential], Engine], likelihood_free: bool = False):
+    def fit(ctx: MethodContext) -> MethodOutcome:
+        return fit_engine(ctx, make_engine, likelihood_free)
+
+    return fit
+
+
+# ---------------------------------------------------------------------- the registry
+
+
+def default_registry() -> dict[str, MethodSpec]:
+    """All methods, in table order (a fresh dict each call; extend it freely).
+
+    Returns
+    -------
+    dict
+        ``name -> MethodSpec``.
+    """
+    smc, kalman, mcmc, cma = (
+        "bayesprompt.inference.smc",
+        "bayesprompt.inference.kalman",
+        "bayesprompt.inference.mcmc",
+        "bayesprompt.inference.cma",
+    )
+    specs = [
+        MethodSpec("zero-shot", "Zero-shot (no prompt)", "reference",
+                   "zero-length prompt: the encoder's plain sentence embedding vs the verbalizers",
+                   fit_zero_shot, budget="none"),
+        MethodSpec("whitebox", "White-box Adam (full access)", "reference",
+                   "Adam on the 10 prompt embeddings through the model, early-stopped on dev",
+                   fit_whitebox, budget="none", requires=("benchmarks.whitebox:train_prompt",)),
+        MethodSpec("bbt-8000", "BBT (CMA-ES), 8,000 calls", "peer",
+                   "Black-Box Tuning: CMA-ES on z, popsize 20, best-dev prompt, 8,000 calls",
+                   _engine_fitter(_bbt_engine), budget=8000, requires=(f"{cma}:CMAES",)),
+        MethodSpec("bbt", "BBT (CMA-ES)", "peer",
+                   "Black-Box Tuning at the common budget",
+                   _engine_fitter(_bbt_engine), requires=(f"{cma}:CMAES",)),
+        MethodSpec("ensembles", "Prompt Ensembles (paper)", "peer",
+                   "5 independent BBT runs splitting the budget (Shen et al.)",
+                   _engine_fitter(_ensembles_engine), requires=(f"{cma}:PromptEnsembles",)),
+        MethodSpec("abc-uniform", "ABC-SMC, uniform weights (paper)", "peer",
+                   "Shen et al.'s ABC-SMC: label-only, paper tolerance schedule, uniform weights",
+                   _engine_fitter(_abc_engine("uniform", "paper"), likelihood_free=True), requires=(f"{smc}:ABCSMC",)),
+        MethodSpec("smc", "Tempered SMC", "ours",
+                   "adaptive tempered SMC with random-walk moves (score likelihood)",
+                   _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",)),
+        MethodSpec("abc-smc", "ABC-SMC, importance weights", "ours",
+                   "label-only ABC-SMC with correct importance weights, quantile schedule",
+                   _engine_fitter(_abc_engine("importance", "quantile"), likelihood_free=True),
+                   requires=(f"{smc}:ABCSMC",)),
+        MethodSpec("abc-mcmc", "Adaptive ABC-SMC (MCMC moves)", "ours",
+                   "label-only adaptive ABC-SMC with random-walk MCMC moves",
+                   _engine_fitter(_abc_mcmc_engine, likelihood_free=True),
+                   requires=(f"{smc}.abc_mcmc:AdaptiveABCSMC",)),
+        MethodSpec("eki", "EKI", "ours", "ensemble Kalman inversion, tempered to the posterior",
+                   _engine_fitter(_eki_engine), requires=(f"{kalman}:EKI",)),
+        MethodSpec("eks", "EKS", "ours", "ensemble Kalman sampler (ALDI correction)",
+                   _engine_fitter(_eks_engine), requires=(f"{kalman}:EKS",)),
+        MethodSpec("ensemble-mcmc", "Ensemble sampler (MCMC)", "ours",
+                   "affine-invariant ensemble MCMC, half the iterations burn-in",
+                   _engine_fitter(_ensemble_mcmc_engine), requires=(f"{mcmc}:EnsembleSampler",)),
+        MethodSpec("rw-mcmc", "Pyro random walk (MCMC)", "ours",
+                   "Pyro's RandomWalkKernel, one chain, half the budget warmup",
+                   fit_random_walk, requires=(f"{mcmc}:PyroRandomWalk",)),
+        MethodSpec("cma-elbo", "CMA-ELBO", "ours",
+                   "CMA-ES on a mean-field Gaussian q(z), Monte Carlo ELBO, best-dev q",
+                   _engine_fitter(_cma_elbo_engine), requires=(f"{cma}:CMAELBO",)),
+    ]
+    return {spec.name: spec for spec in specs}

@@ -1,0 +1,325 @@
+"""Markdown tables and budget-sweep plots from benchmark records.
+
+A *record* is the JSON dict of one cell (see :func:`benchmarks.run.run_cell`); the
+functions here only read its keys: ``task``, ``method``, ``method_label``, ``seed``,
+``budget``, ``budget_policy``, ``status``, ``error``, the metrics (``metric``,
+``metric_name``, ``nll``, ``brier``, ``ece``, ``misclassification_auroc``,
+``ood_auroc``, ``ood``), the costs (``api_calls``, ``fit_seconds``) and ``test``.
+
+Examples
+--------
+>>> records = [
+...     {"task": "sst2", "method": "smc", "method_label": "Tempered SMC", "seed": s, "budget": 2000,
+...      "budget_policy": "common", "status": "ok", "metric_name": "accuracy", "metric": m,
+...      "nll": 0.5, "brier": 0.3, "ece": 0.05, "misclassification_auroc": 0.7, "ood_auroc": 0.6,
+...      "api_calls": 2000, "fit_seconds": 10.0}
+...     for s, m in ((0, 0.80), (1, 0.84))
+... ]
+>>> print(markdown_table(records).splitlines()[4])
+| Tempered SMC | 2000 | 0.820 ± 0.028 | 0.500 ± 0.000 | 0.300 ± 0.000 | 0.050 ± 0.000 | 0.700 ± 0.000 | 0.600 ± 0.000 | 2000 | 10.0 | 2 |
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "format_mean_sd",
+    "group_records",
+    "markdown_report",
+    "markdown_table",
+    "plot_budget_sweep",
+    "sweep_table",
+    "write_markdown",
+]
+
+#: (header, record key, digits) of the metric columns.
+_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("NLL", "nll", 3),
+    ("Brier", "brier", 3),
+    ("ECE", "ece", 3),
+    ("Misclass. AUROC", "misclassification_auroc", 3),
+    ("OOD AUROC", "ood_auroc", 3),
+)
+#: Line colours of the sweep plot, by method position.
+_PALETTE: tuple[str, ...] = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                             "tab:gray", "tab:olive", "tab:cyan", "navy", "darkgoldenrod", "teal", "crimson")
+
+
+def format_mean_sd(values: Iterable[float | None], digits: int = 3) -> str:
+    """``"mean ± sd"`` over the finite values (sample sd); one value alone; ``"n/a"`` if none.
+
+    Examples
+    --------
+    >>> format_mean_sd([0.5, 0.7])
+    '0.600 ± 0.141'
+    >>> format_mean_sd([0.5]), format_mean_sd([None, float("nan")])
+    ('0.500', 'n/a')
+    """
+    finite = [float(v) for v in values if v is not None and not _is_nan(v)]
+    if not finite:
+        return "n/a"
+    mean = statistics.fmean(finite)
+    if len(finite) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(finite):.{digits}f}"
+
+
+def group_records(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, Any], list[Mapping[str, Any]]]:
+    """Records grouped by ``(task, method, budget)``, in first-appearance order."""
+    groups: dict[tuple[str, str, Any], list[Mapping[str, Any]]] = {}
+    for record in records:
+        groups.setdefault((record["task"], record["method"], record.get("budget")), []).append(record)
+    return groups
+
+
+def markdown_table(
+    records: Sequence[Mapping[str, Any]],
+    task: str | None = None,
+    method_order: Sequence[str] | None = None,
+) -> str:
+    """One markdown table of mean ± sd over seeds per method (and budget) for one task.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Cell records; only those of ``task`` are used (default: the first record's task).
+    task : str or None
+        The task.
+    method_order : sequence of str or None
+        Row order by method name (default: first appearance); unlisted methods go last.
+
+    Returns
+    -------
+    str
+        A heading line, a blank line, then the table. Groups whose cells all failed show
+        ``error: <message>``; methods that could not be imported show ``unavailable``.
+    """
+    if not records:
+        return "_no records_\n"
+    task = task if task is not None else records[0]["task"]
+    mine = [r for r in records if r["task"] == task]
+    metric_name = next((r["metric_name"] for r in mine if r.get("status") == "ok"), "f1" if task == "mrpc" else "accuracy")
+    heading = f"### {task}{' (proxy test set)' if task == 'dbpedia' else ''}"
+    notes = _test_note(mine)
+    headers = ["Method", "Budget", "F1" if metric_name == "f1" else "Accuracy", *[h for h, _, _ in _COLUMNS], "Calls", "Fit time (s)", "Seeds"]
+    lines = [heading + (f" — {notes}" if notes else ""), "", _row(headers), _row(["---"] + ["---:"] * (len(headers) - 1))]
+    groups = group_records(mine)
+    order = {name: i for i, name in enumerate(method_order or [])}
+    keys = sorted(groups, key=lambda key: (order.get(key[1], len(order)), _budget_sort(key[2])))
+    for key in keys:
+        lines.append(_row(_group_cells(groups[key])))
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(records: Sequence[Mapping[str, Any]], task: str, method_order: Sequence[str] | None = None) -> str:
+    """Budget sweep of one task: rows are methods, columns budgets, cells ``metric / NLL``."""
+    mine = [r for r in records if r["task"] == task and r.get("budget_policy") == "common"]
+    budgets = sorted({r["budget"] for r in mine if r.get("budget") is not None})
+    if not budgets:
+        return ""
+    metric_name = next((r["metric_name"] for r in mine if r.get("status") == "ok"), "accuracy")
+    order = {name: i for i, name in enumerate(method_order or [])}
+    methods = sorted(dict.fromkeys(r["method"] for r in mine), key=lambda m: order.get(m, len(order)))
+    labels = {r["method"]: r.get("method_label", r["method"]) for r in mine}
+    lines = [
+        f"### Budget sweep: {task} ({metric_name} / NLL, mean over seeds)",
+        "",
+        _row(["Method", *[f"{b} calls" for b in budgets]]),
+        _row(["---"] + ["---:"] * len(budgets)),
+    ]
+    for method in methods:
+        cells = []
+        for budget in budgets:
+            ok = [r for r in mine if r["method"] == method and r["budget"] == budget and r.get("status") == "ok"]
+            cells.append(f"{_mean([r['metric'] for r in ok]):.3f} / {_mean([r['nll'] for r in ok]):.3f}" if ok else "—")
+        lines.append(_row([labels[method], *cells]))
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(
+    records: Sequence[Mapping[str, Any]],
+    config: Any = None,
+    method_order: Sequence[str] | None = None,
+) -> str:
+    """The full markdown report: main table per task, OOD details, budget sweeps.
+
+    ``config`` (a :class:`benchmarks.run.BenchmarkConfig`, optional) selects which
+    budgets belong to the main table (``config.budgets``; other budgets of common-budget
+    methods are sweep-only) and adds a settings line.
+    """
+    main_budgets = set(getattr(config, "budgets", ()) or ())
+    is_main = (lambda r: r.get("budget_policy") != "common" or not main_budgets or r.get("budget") in main_budgets)
+    main = [r for r in records if is_main(r)]
+    parts = ["## Results", ""]
+    if config is not None:
+        parts += [_settings_line(config), ""]
+    for task in dict.fromkeys(r["task"] for r in main):
+        parts.append(markdown_table(main, task, method_order))
+    ood = _ood_table(main, method_order)
+    if ood:
+        parts += ["### OOD AUROC per pair (predictive entropy; OOD = positive)", "", ood]
+    for task in dict.fromkeys(r["task"] for r in records):
+        table = sweep_table(records, task, method_order)
+        if table and len({r["budget"] for r in records if r["task"] == task and r.get("budget_policy") == "common"}) > 1:
+            parts.append(table)
+    return "\n".join(parts)
+
+
+def write_markdown(records: Sequence[Mapping[str, Any]], path: str | Path, config: Any = None, method_order: Sequence[str] | None = None) -> Path:
+    """Write :func:`markdown_report` to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown_report(records, config, method_order))
+    return path
+
+
+def plot_budget_sweep(records: Sequence[Mapping[str, Any]], path: str | Path, task: str | None = None) -> Path:
+    """Plot the task's metric and NLL against API calls used, one line per method.
+
+    Common-budget methods are lines (mean over seeds, error bars: sd); fixed-budget
+    methods (BBT at 8,000 calls) are single points; unbudgeted references (zero-shot,
+    white-box) are horizontal dashed lines. Uses matplotlib's object API (no pyplot state).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    task = task if task is not None else records[0]["task"]
+    ok = [r for r in records if r["task"] == task and r.get("status") == "ok"]
+    metric_name = next((r["metric_name"] for r in ok), "accuracy")
+    figure = Figure(figsize=(11, 5.5))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for record in ok:
+        groups.setdefault(record["method"], []).append(record)
+    for index, (method, rows) in enumerate(groups.items()):
+        color = _PALETTE[index % len(_PALETTE)]
+        label = rows[0].get("method_label", method)
+        policy = rows[0].get("budget_policy")
+        for ax, key in zip(axes, ("metric", "nll")):
+            if policy == "none":
+                ax.axhline(_mean([r[key] for r in rows]), linestyle="--", linewidth=1, label=label, color=color)
+                continue
+            by_budget: dict[Any, list[Mapping[str, Any]]] = {}
+            for r in rows:
+                by_budget.setdefault(r["budget"], []).append(r)
+            budgets = sorted(by_budget)
+            x = [max(1.0, _mean([r["api_calls"] for r in by_budget[b]])) for b in budgets]  # log axis
+            y = [_mean([r[key] for r in by_budget[b]]) for b in budgets]
+            err = [_sd([r[key] for r in by_budget[b]]) for b in budgets]
+            ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=2, label=label, color=color,
+                        linestyle="-" if policy == "common" else "none")
+    for ax, ylabel in zip(axes, (metric_name.upper() if metric_name == "f1" else "accuracy", "NLL")):
+        ax.set_xscale("log")
+        ax.set_xlabel("API calls used (inference)")
+        ax.set_ylabel(f"test {ylabel}")
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[1].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.suptitle(f"{task}: test {metric_name} and NLL against API calls (mean ± sd over seeds)")
+    figure.tight_layout(rect=(0, 0.2, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    first = rows[0]
+    label = first.get("method_label", first["method"])
+    budget = "—" if first.get("budget") is None else str(first["budget"])
+    ok = [r for r in rows if r.get("status") == "ok"]
+    blanks = len(_COLUMNS) + 2
+    if not ok:
+        status = first.get("status", "error")
+        if status == "unavailable":
+            return [label, budget, "unavailable", *[""] * blanks, "0"]
+        message = str(first.get("error", "")).splitlines()[0][:80] if first.get("error") else ""
+        return [label, budget, f"error: {message}".replace("|", "/"), *[""] * blanks, "0"]
+    cells = [label, budget, format_mean_sd([r["metric"] for r in ok])]
+    cells += [format_mean_sd([r.get(key) for r in ok], digits) for _, key, digits in _COLUMNS]
+    calls = [r.get("api_calls") for r in ok if r.get("api_calls") is not None]
+    gradient = [r["summary"]["backward_passes"] for r in ok if "backward_passes" in (r.get("summary") or {})]
+    if gradient:  # white-box: no API calls, report the gradient steps instead
+        cells.append(f"{_mean(gradient):.0f} grad steps")
+    else:
+        cells.append(f"{_mean(calls):.0f}" if calls else "n/a")
+    cells.append(f"{_mean([r.get('fit_seconds', math.nan) for r in ok]):.1f}")
+    failed = len(rows) - len(ok)
+    cells.append(f"{len(ok)}" + (f" ({failed} failed)" if failed else ""))
+    return cells
+
+
+def _ood_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[str] | None) -> str:
+    pairs = list(dict.fromkeys((r["task"], name) for r in records if r.get("status") == "ok" for name in (r.get("ood") or {})))
+    if not pairs:
+        return ""
+    order = {name: i for i, name in enumerate(method_order or [])}
+    methods = sorted(dict.fromkeys(r["method"] for r in records if r.get("status") == "ok"), key=lambda m: order.get(m, len(order)))
+    labels = {r["method"]: r.get("method_label", r["method"]) for r in records}
+    lines = [_row(["Method", *[f"{t} → {o}" for t, o in pairs]]), _row(["---"] + ["---:"] * len(pairs))]
+    for method in methods:
+        cells = []
+        for task, name in pairs:
+            values = [r["ood"][name]["auroc"] for r in records if r["method"] == method and r["task"] == task
+                      and r.get("status") == "ok" and name in (r.get("ood") or {})]
+            cells.append(format_mean_sd(values) if values else "—")
+        lines.append(_row([labels[method], *cells]))
+    return "\n".join(lines) + "\n"
+
+
+def _test_note(records: Sequence[Mapping[str, Any]]) -> str:
+    info = next((r["test"] for r in records if r.get("status") == "ok" and r.get("test")), None)
+    if not info:
+        return ""
+    split = "proxy test set (held-out train rows)" if info.get("split") == "proxy_test" else "test set"
+    if info.get("subsample_seed") is not None:
+        size = f"{info['size']} of {info['total']} examples (class-balanced subsample, seed {info['subsample_seed']})"
+    else:
+        size = f"all {info['size']} examples"
+    ood = next((r.get("ood") for r in records if r.get("status") == "ok" and r.get("ood")), None) or {}
+    ood_note = ", ".join(f"{name} ({v['size']})" for name, v in ood.items())
+    return f"{split}: {size}" + (f"; OOD: {ood_note}" if ood_note else "")
+
+
+def _settings_line(config: Any) -> str:
+    model = config.model or ("all-MiniLM-L6-v2 (embedded)" if config.backend == "encoder" else f"{config.backend} backend")
+    return (
+        f"Config `{config.name}`: model {model}, {config.precision}, {config.k} train + {config.dev_k} dev "
+        f"examples per class, seeds {list(config.seeds)}, prompt {config.n_tokens} tokens, z dim {config.intrinsic_dim}, "
+        f"{config.num_particles} particles, common budget {list(config.budgets)} API calls (1 call = 1 prompt on 1 batch). "
+        f"Mean ± sd over seeds; uncertainty score for the AUROCs: predictive entropy of the model-average probabilities."
+    )
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _budget_sort(budget: Any) -> float:
+    return -1.0 if budget is None else float(budget)
+
+
+def _mean(values: Iterable[float | None]) -> float:
+    finite = [float(v) for v in values if v is not None and not _is_nan(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def _sd(values: Iterable[float | None]) -> float:
+    finite = [float(v) for v in values if v is not None and not _is_nan(v)]
+    return statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def _is_nan(value: Any) -> bool:
+    try:
+        return math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True

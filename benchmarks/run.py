@@ -1,0 +1,735 @@
+"""Run the benchmark suite: ``python -m benchmarks.run [--config smoke|full] [...]``.
+
+The suite is a grid of **cells** ``(task, method, seed, budget)``; each cell fits one
+method on one few-shot split and evaluates it on the task's test set and OOD sets.
+A cell's record is written to ``<out>/cells/<task>__<method>__seed<s>__budget<b>__<hash>.json``
+as soon as it finishes, where ``<hash>`` covers every setting the cell's result depends
+on (see :func:`cell_hash`); a rerun loads finished cells from there instead of running
+them, so a long suite can span several sittings, and changing a setting only reruns
+the cells it affects. A cell that raises is recorded with its error (and retried on the
+next run); a method whose engine cannot be imported is recorded as ``unavailable``.
+
+After the grid, ``<out>/results.json`` (every record), ``<out>/results.md`` (mean ± sd
+over seeds per task × method, plus the budget sweep) and ``<out>/budget_sweep_<task>.png``
+are written from all records of the selected cells.
+
+Seeds: seed ``s`` sets the few-shot split (``k`` train + ``dev_k`` dev examples per
+class) and the engine. The random projection (``projection_seed``) and the test
+subsample (``test_seed``) are the same for every seed.
+
+Examples
+--------
+>>> config = preset("smoke")
+>>> [(c.task, c.method, c.seed, c.budget) for c in main_cells(config, default_registry())]
+[('sst2', 'zero-shot', 0, None), ('sst2', 'smc', 0, 32)]
+>>> cell_hash(config, Cell("sst2", "smc", 0, 32)) == cell_hash(config, Cell("sst2", "smc", 1, 32))
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.methods import MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget
+from bayesprompt.data import TASKS, balanced_subsample, few_shot_split, get_task, load_split
+from bayesprompt.data.task import Example, Task
+from bayesprompt.lm import Meter, load_backend
+from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
+from bayesprompt.metrics import classification_report, misclassification_auroc, ood_auroc
+from bayesprompt.models.projection import RandomProjection
+from bayesprompt.predict import EnsemblePredictions
+
+__all__ = [
+    "BENCHMARK_VERSION",
+    "OOD_PAIRS",
+    "SUITE_TASKS",
+    "BenchmarkConfig",
+    "Cell",
+    "CellCache",
+    "Resources",
+    "SuiteResult",
+    "cell_hash",
+    "evaluate",
+    "main",
+    "main_cells",
+    "preset",
+    "run_cell",
+    "run_suite",
+    "sweep_cells",
+]
+
+#: Bump when a code change alters results, so cached cells are not reused.
+BENCHMARK_VERSION = 1
+
+#: The few-shot suite (DBPedia is evaluated on its proxy test set).
+SUITE_TASKS: tuple[str, ...] = ("sst2", "agnews", "snli", "rte", "mrpc", "dbpedia")
+
+#: In-distribution task -> OOD tasks (rendered with their own template, scored with the
+#: in-distribution verbalizers).
+OOD_PAIRS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("sst2", ("imdb", "rte")),
+    ("agnews", ("mrpc",)),
+    ("snli", ("mrpc",)),
+    ("rte", ("mrpc",)),
+    ("mrpc", ("rte",)),
+    ("dbpedia", ("agnews",)),
+)
+
+#: The uncertainty score of the headline misclassification and OOD AUROCs.
+UNCERTAINTY_SCORE = "predictive_entropy"
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """A benchmark configuration (see :func:`preset` for ``smoke`` and ``full``).
+
+    Parameters
+    ----------
+    name : str
+        Configuration name (recorded; not part of the cache key).
+    tasks, methods, seeds, budgets : tuples
+        The main grid; ``budgets`` are common API budgets (methods with a fixed budget or
+        none run once per task and seed).
+    sweep_tasks, sweep_budgets : tuples
+        The budget sweep: every selected common-budget method on the selected sweep
+        tasks at each sweep budget (empty: no sweep).
+    k, dev_k : int
+        Training and dev examples per class.
+    n_tokens, intrinsic_dim : int
+        Prompt length and dimension of z.
+    prior_scale : float
+        Prior scale of z.
+    num_particles : int
+        Population / ensemble / walker count of the engines.
+    precision : {"fp32", "bf16"}
+        Forward precision of every method.
+    test_size : int or None
+        Class-balanced test subsample (``None``: whole test set); seeded by ``test_seed``.
+    ood_size : int or None
+        Class-balanced subsample of each OOD set; seeded by ``test_seed``.
+    projection_seed : int
+        Seed of the random projection.
+    max_prediction_samples : int
+        Posterior samples used for prediction (thinned / resampled beyond it).
+    vote_smoothing : float
+        Dirichlet smoothing of the vote distribution of label-only methods.
+    backend : {"encoder", "fake"}
+        The embedded MiniLM encoder, or :class:`bayesprompt.testing.FakeBlackBox` (tests).
+    model : str or None
+        Model path for the encoder (``None``: the embedded all-MiniLM-L6-v2).
+    ood_pairs : tuple
+        ``((task, (ood_task, ...)), ...)``.
+    method_options : tuple
+        ``((method, {option: value}), ...)``: engine constructor overrides, or white-box
+        settings for ``"whitebox"``.
+    data_dir : str or None
+        Data root (default ``$BAYESPROMPT_DATA``); not part of the cache key.
+    """
+
+    name: str = "full"
+    tasks: tuple[str, ...] = SUITE_TASKS
+    methods: tuple[str, ...] = tuple(default_registry())
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budgets: tuple[int, ...] = (2000,)
+    sweep_tasks: tuple[str, ...] = ("sst2", "agnews")
+    sweep_budgets: tuple[int, ...] = (250, 500, 1000, 2000, 4000, 8000)
+    k: int = 16
+    dev_k: int = 16
+    n_tokens: int = 10
+    intrinsic_dim: int = 500
+    prior_scale: float = 1.0
+    num_particles: int = 32
+    precision: str = "bf16"
+    test_size: int | None = 1000
+    ood_size: int | None = 500
+    test_seed: int = 0
+    projection_seed: int = 0
+    max_prediction_samples: int = 64
+    vote_smoothing: float = 1.0
+    backend: str = "encoder"
+    model: str | None = None
+    ood_pairs: tuple[tuple[str, tuple[str, ...]], ...] = OOD_PAIRS
+    method_options: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.backend not in ("encoder", "fake"):
+            raise ValueError(f"backend must be 'encoder' or 'fake', got {self.backend!r}")
+        for name in ("k", "dev_k", "n_tokens", "intrinsic_dim", "num_particles", "max_prediction_samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for budget in (*self.budgets, *self.sweep_budgets):
+            if int(budget) < 1:
+                raise ValueError(f"budgets must be positive numbers of API calls, got {budget}")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+
+    def options_for(self, method: str) -> dict[str, Any]:
+        """The configured overrides of ``method`` (empty if none)."""
+        return dict(dict(self.method_options).get(method, {}))
+
+    def ood_for(self, task: str) -> tuple[str, ...]:
+        """OOD tasks of ``task`` (empty if none)."""
+        return tuple(dict(self.ood_pairs).get(task, ()))
+
+
+def preset(name: str) -> BenchmarkConfig:
+    """The named configuration: ``"full"`` (the suite) or ``"smoke"`` (CI, well under a minute).
+
+    Examples
+    --------
+    >>> preset("smoke").tasks, preset("full").budgets
+    (('sst2',), (2000,))
+    """
+    if name == "full":
+        return BenchmarkConfig()
+    if name == "smoke":
+        return BenchmarkConfig(
+            name="smoke",
+            tasks=("sst2",),
+            methods=("zero-shot", "smc"),
+            seeds=(0,),
+            budgets=(32,),
+            sweep_budgets=(),
+            k=4,
+            dev_k=2,
+            n_tokens=4,
+            intrinsic_dim=8,
+            num_particles=4,
+            test_size=32,
+            ood_size=8,
+            max_prediction_samples=4,
+            ood_pairs=(("sst2", ("rte",)),),
+        )
+    raise ValueError(f"unknown configuration {name!r}; choose 'smoke' or 'full'")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One fit-and-evaluate unit of the grid (``budget`` is the method's effective budget)."""
+
+    task: str
+    method: str
+    seed: int
+    budget: int | None
+
+    def filename(self, digest: str) -> str:
+        """Cache file name of this cell under a configuration digest."""
+        budget = "none" if self.budget is None else str(self.budget)
+        return f"{self.task}__{self.method}__seed{self.seed}__budget{budget}__{digest[:12]}.json"
+
+
+def cell_hash(config: BenchmarkConfig, cell: Cell) -> str:
+    """SHA-256 of every setting ``cell``'s result depends on (seed and budget are in the name).
+
+    Covers the shared data / model / engine settings, the cell's method options and its
+    task's OOD sets, and :data:`BENCHMARK_VERSION`; not the grid lists, name or data path.
+    """
+    shared = {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if k not in ("name", "tasks", "methods", "seeds", "budgets", "sweep_tasks", "sweep_budgets", "ood_pairs", "method_options", "data_dir")
+    }
+    payload = {
+        "version": BENCHMARK_VERSION,
+        "shared": shared,
+        "method_options": config.options_for(cell.method),
+        "ood": config.ood_for(cell.task),
+        "task": cell.task,
+        "method": cell.method,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def main_cells(config: BenchmarkConfig, registry: Mapping[str, MethodSpec]) -> list[Cell]:
+    """The main grid: tasks x methods x seeds x budgets, fixed-budget methods once."""
+    cells: dict[Cell, None] = {}
+    for task in config.tasks:
+        for method in config.methods:
+            spec = registry.get(method)
+            for seed in config.seeds:
+                for budget in config.budgets:
+                    cells[Cell(task, method, seed, effective_budget(spec, budget) if spec else budget)] = None
+    return list(cells)
+
+
+def sweep_cells(config: BenchmarkConfig, registry: Mapping[str, MethodSpec]) -> list[Cell]:
+    """The budget sweep: common-budget methods on the selected sweep tasks at each sweep budget."""
+    methods = [m for m in config.methods if m in registry and registry[m].budget == "common"]
+    tasks = [t for t in config.sweep_tasks if t in config.tasks]
+    return [Cell(t, m, s, b) for t in tasks for m in methods for s in config.seeds for b in config.sweep_budgets]
+
+
+# ---------------------------------------------------------------------- data and models
+
+
+class Resources:
+    """Per-run caches of loaded data, backends, projections and encoded batches.
+
+    One backend is loaded per task and reused by every cell of that task (each cell gets
+    a fresh :class:`Meter`), which saves reloading the model for every cell.
+    """
+
+    def __init__(self, config: BenchmarkConfig) -> None:
+        self.config = config
+        self._backends: dict[str, PromptBlackBox] = {}
+        self._projections: dict[str, RandomProjection] = {}
+        self._pools: dict[str, list[Example]] = {}
+        self._batches: dict[tuple[str, str], tuple[EncodedBatch, dict[str, Any]]] = {}
+
+    def backend(self, task: Task, meter: Meter) -> PromptBlackBox:
+        """The task's backend, with ``meter`` installed."""
+        if task.name not in self._backends:
+            self._backends[task.name] = self._load_backend(task)
+        backend = self._backends[task.name]
+        backend.meter = meter
+        return backend
+
+    def projection(self, task: Task, backend: PromptBlackBox) -> RandomProjection:
+        """The task's random projection (seeded by ``projection_seed``)."""
+        if task.name not in self._projections:
+            self._projections[task.name] = RandomProjection.from_embeddings(
+                backend.embedding_table(),
+                intrinsic_dim=self.config.intrinsic_dim,
+                n_tokens=self.config.n_tokens,
+                seed=self.config.projection_seed,
+            )
+        return self._projections[task.name]
+
+    def few_shot(self, task: Task, seed: int) -> tuple[list[Example], list[Example]]:
+        """Training and dev examples of split ``seed``."""
+        if task.name not in self._pools:
+            self._pools[task.name] = load_split(task, "train", self.config.data_dir)
+        return few_shot_split(self._pools[task.name], task.num_classes, k=self.config.k, dev_k=self.config.dev_k, seed=seed)
+
+    def evaluation_batch(self, task: Task, backend: PromptBlackBox, source: str | None = None) -> tuple[EncodedBatch, dict[str, Any]]:
+        """The (sub-sampled) test set of ``task``, or of OOD task ``source`` rendered with its own template.
+
+        Returns the encoded batch and a description (split, sizes, subsample seed).
+        """
+        name = source or task.name
+        if (task.name, name) not in self._batches:
+            other = get_task(name)
+            examples = load_split(other, "test", self.config.data_dir, allow_proxy=True)
+            size = self.config.test_size if source is None else self.config.ood_size
+            chosen = examples if size is None else balanced_subsample(examples, other.num_classes, size, seed=self.config.test_seed)
+            info = {
+                "task": name,
+                "split": "proxy_test" if name == "dbpedia" else "test",
+                "size": len(chosen),
+                "total": len(examples),
+                "subsample_seed": self.config.test_seed if len(chosen) < len(examples) else None,
+            }
+            batch = backend.encode(chosen) if source is None else backend.encode(chosen, template=other)
+            self._batches[(task.name, name)] = (batch, info)
+        return self._batches[(task.name, name)]
+
+    def _load_backend(self, task: Task) -> PromptBlackBox:
+        if self.config.backend == "fake":
+            from bayesprompt.testing import FakeBlackBox
+
+            return FakeBlackBox(task, embed_dim=16, precision=self.config.precision)
+        return load_backend("encoder", task, model_path=self.config.model, precision=self.config.precision)
+
+
+# ---------------------------------------------------------------------- one cell
+
+
+def run_cell(
+    config: BenchmarkConfig,
+    cell: Cell,
+    spec: MethodSpec,
+    resources: Resources,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fit ``spec`` in ``cell`` and evaluate it; return the cell's record (raises on failure)."""
+    started = time.perf_counter()
+    task = get_task(cell.task)
+    meter = Meter(cell.budget)
+    backend = resources.backend(task, meter)
+    train_examples, dev_examples = resources.few_shot(task, cell.seed)
+    for source in (None, *config.ood_for(task.name)):  # load (and cache) every evaluation set before the fit
+        resources.evaluation_batch(task, backend, source)
+    ctx = MethodContext(
+        task=task,
+        backend=backend,
+        projection=resources.projection(task, backend),
+        train=backend.encode(train_examples),
+        dev=backend.encode(dev_examples),
+        budget=cell.budget,
+        seed=cell.seed,
+        num_particles=config.num_particles,
+        prior_scale=config.prior_scale,
+        max_prediction_samples=config.max_prediction_samples,
+        vote_smoothing=config.vote_smoothing,
+        options=config.options_for(cell.method),
+        progress=progress,
+    )
+    with torch.random.fork_rng(devices=[]):  # engines use their own generators; this pins anything else
+        torch.manual_seed(cell.seed)
+        fit_started = time.perf_counter()
+        outcome = spec.fit(ctx)
+        fit_seconds = time.perf_counter() - fit_started
+    inference_calls = meter.snapshot().to_dict()
+    meter.budget = None  # evaluation is metered, not budgeted
+    eval_started = time.perf_counter()
+    evaluation = evaluate(config, task, outcome, resources, backend)
+    eval_seconds = time.perf_counter() - eval_started
+    return {
+        "status": "ok",
+        "engine_status": outcome.status,
+        **evaluation,
+        "api_calls": inference_calls["calls"],
+        "api_usage": inference_calls,
+        "evaluation_calls": meter.calls - inference_calls["calls"],
+        "fit_seconds": fit_seconds,
+        "evaluation_seconds": eval_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "num_samples": outcome.num_samples,
+        "prediction_samples": outcome.prediction_samples,
+        "ess": outcome.ess,
+        "likelihood_free": outcome.likelihood_free,
+        "summary": outcome.summary,
+    }
+
+
+def evaluate(
+    config: BenchmarkConfig, task: Task, outcome: MethodOutcome, resources: Resources, backend: PromptBlackBox
+) -> dict[str, Any]:
+    """Test metrics, misclassification AUROC and OOD AUROCs of a fitted method.
+
+    The headline uncertainty score is :data:`UNCERTAINTY_SCORE` computed from the same
+    model-average probabilities as the NLL; the AUROCs of every score of
+    :meth:`~bayesprompt.predict.EnsemblePredictions.uncertainty` are kept too.
+    """
+    smoothing = config.vote_smoothing if outcome.likelihood_free else 0.0
+    test_batch, test_info = resources.evaluation_batch(task, backend)
+    predictions = outcome.predictor(test_batch)
+    probs = predictions.mean(smoothing)
+    report = classification_report(probs, test_batch.labels, task.metric)
+    scores = _scores(probs, predictions)
+    correct = (probs.argmax(-1) == test_batch.labels).numpy()
+    ood: dict[str, Any] = {}
+    for name in config.ood_for(task.name):
+        ood_batch, ood_info = resources.evaluation_batch(task, backend, source=name)
+        ood_predictions = outcome.predictor(ood_batch)
+        ood_scores = _scores(ood_predictions.mean(smoothing), ood_predictions)
+        ood[name] = {
+            **ood_info,
+            "auroc": ood_auroc(scores[UNCERTAINTY_SCORE], ood_scores[UNCERTAINTY_SCORE]),
+            "auroc_by_score": {k: ood_auroc(scores[k], ood_scores[k]) for k in scores},
+        }
+    metric_name = "f1" if task.metric == "f1" else "accuracy"
+    ood_values = [v["auroc"] for v in ood.values() if not math.isnan(v["auroc"])]
+    return {
+        "metric_name": metric_name,
+        "metric": report[metric_name],
+        **{key: report[key] for key in ("accuracy", "nll", "brier", "ece", "mce")},
+        "f1": report.get("f1"),
+        "ece_binary": report.get("ece_binary"),
+        "misclassification_auroc": misclassification_auroc(scores[UNCERTAINTY_SCORE], correct),
+        "misclassification_auroc_by_score": {k: misclassification_auroc(v, correct) for k, v in scores.items()},
+        "uncertainty_score": UNCERTAINTY_SCORE,
+        "ood_auroc": sum(ood_values) / len(ood_values) if ood_values else None,
+        "ood": ood,
+        "test": test_info,
+    }
+
+
+def _scores(probs: torch.Tensor, predictions: EnsemblePredictions) -> dict[str, torch.Tensor]:
+    """Uncertainty scores ``{name: [N]}``: the headline one from ``probs``, the rest from the ensemble."""
+    others = {k: v for k, v in predictions.uncertainty().items() if k != UNCERTAINTY_SCORE}
+    return {UNCERTAINTY_SCORE: _entropy(probs), **others}
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy ``[N]`` (nats) of model-average probabilities ``[N, C]``."""
+    p = probs.double().clamp_min(1e-12)
+    return -(p * p.log()).sum(-1)
+
+
+# ---------------------------------------------------------------------- cache and suite
+
+
+class CellCache:
+    """One JSON file per finished cell under ``<out>/cells``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, cell: Cell, digest: str) -> Path:
+        """Where ``cell``'s record lives."""
+        return self.directory / cell.filename(digest)
+
+    def load(self, cell: Cell, digest: str) -> dict[str, Any] | None:
+        """The cached record of ``cell`` if it exists, is readable and is not an error."""
+        path = self.path(cell, digest)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return record if record.get("status") == "ok" else None
+
+    def save(self, record: dict[str, Any], cell: Cell, digest: str) -> None:
+        """Write ``record`` atomically."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.path(cell, digest)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=_json_default, allow_nan=False))
+        tmp.replace(path)
+
+
+@dataclass
+class SuiteResult:
+    """Records of a suite run and what happened to each cell."""
+
+    records: list[dict[str, Any]]
+    cache_hits: int = 0
+    ran: int = 0
+    errors: int = 0
+    unavailable: int = 0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def run_suite(
+    config: BenchmarkConfig,
+    out: str | Path,
+    registry: Mapping[str, MethodSpec] | None = None,
+    *,
+    include_main: bool = True,
+    include_sweep: bool = True,
+    progress: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> SuiteResult:
+    """Run (or load from the cache) every selected cell, then write results, table and plots.
+
+    Parameters
+    ----------
+    config : BenchmarkConfig
+        What to run.
+    out : path
+        Output directory (``cells/``, ``results.json``, ``results.md``, plots).
+    registry : mapping or None
+        Methods by name (default :func:`~benchmarks.methods.default_registry`).
+    include_main, include_sweep : bool
+        Which parts of the grid to run.
+    progress : bool
+        Engine progress bars.
+    log : callable or None
+        Receives one line per cell.
+    """
+    from benchmarks.report import plot_budget_sweep, write_markdown
+
+    registry = dict(default_registry() if registry is None else registry)
+    unknown = [m for m in config.methods if m not in registry]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(registry)}")
+    bad_tasks = [t for t in (*config.tasks, *(o for _, oods in config.ood_pairs for o in oods)) if t not in TASKS]
+    if bad_tasks:
+        raise ValueError(f"unknown tasks {bad_tasks}; choose from {sorted(TASKS)}")
+    out = Path(out)
+    cache = CellCache(out / "cells")
+    resources = Resources(config)
+    cells = (main_cells(config, registry) if include_main else []) + (sweep_cells(config, registry) if include_sweep else [])
+    cells = list(dict.fromkeys(cells))
+    result = SuiteResult(records=[])
+    say = log if log is not None else (lambda line: None)
+    for index, cell in enumerate(cells, 1):
+        spec = registry[cell.method]
+        digest = cell_hash(config, cell)
+        base = _base_record(config, cell, spec, digest)
+        cached = cache.load(cell, digest)
+        if cached is not None:
+            result.cache_hits += 1
+            result.records.append(cached)
+            say(f"[{index}/{len(cells)}] {_name(cell)}: cached")
+            continue
+        ok, reason = availability(spec)
+        if not ok:
+            result.unavailable += 1
+            result.records.append({**base, "status": "unavailable", "error": reason})
+            say(f"[{index}/{len(cells)}] {_name(cell)}: unavailable ({reason})")
+            continue
+        try:
+            record = {**base, **run_cell(config, cell, spec, resources, progress)}
+            result.ran += 1
+            say(f"[{index}/{len(cells)}] {_name(cell)}: {record['metric_name']} {record['metric']:.4f}, "
+                f"NLL {record['nll']:.4f}, {record['api_calls']} calls, {record['wall_seconds']:.1f}s")
+        except Exception as err:  # noqa: BLE001 - a failing cell must not stop the suite
+            result.errors += 1
+            record = {**base, "status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=8)}
+            say(f"[{index}/{len(cells)}] {_name(cell)}: ERROR {record['error']}")
+        record = _finite(record)
+        cache.save(record, cell, digest)
+        result.records.append(record)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results_path.write_text(json.dumps({"config": _config_dict(config), "records": result.records}, indent=1, default=_json_default))
+    result.outputs["results"] = str(results_path)
+    result.outputs["markdown"] = str(write_markdown(result.records, out / "results.md", config=config, method_order=list(registry)))
+    for task in dict.fromkeys(r["task"] for r in result.records):
+        sweep = [r for r in result.records if r["task"] == task]
+        if task in config.sweep_tasks and len({r["budget"] for r in sweep if r.get("budget_policy") == "common"}) > 1:
+            result.outputs[f"sweep_{task}"] = str(plot_budget_sweep(sweep, out / f"budget_sweep_{task}.png", task=task))
+    return result
+
+
+def _base_record(config: BenchmarkConfig, cell: Cell, spec: MethodSpec, digest: str) -> dict[str, Any]:
+    return {
+        "task": cell.task,
+        "method": cell.method,
+        "method_label": spec.label,
+        "family": spec.family,
+        "seed": cell.seed,
+        "budget": cell.budget,
+        "budget_policy": spec.budget if isinstance(spec.budget, str) else "fixed",
+        "config": config.name,
+        "config_hash": digest,
+        "precision": config.precision,
+        "model": config.model or ("all-MiniLM-L6-v2 (embedded)" if config.backend == "encoder" else config.backend),
+    }
+
+
+def _name(cell: Cell) -> str:
+    return f"{cell.task}/{cell.method}/seed{cell.seed}/budget{cell.budget}"
+
+
+def _config_dict(config: BenchmarkConfig) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data["ood_pairs"] = {task: list(oods) for task, oods in config.ood_pairs}
+    data["method_options"] = {name: dict(options) for name, options in config.method_options}
+    return data
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN / inf floats replaced by ``None`` (strict JSON), recursively.
+
+    Examples
+    --------
+    >>> _finite({"a": [1.0, float("nan")], "b": float("inf")})
+    {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return repr(value)
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (see ``python -m benchmarks.run --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Benchmark bayesprompt's engines against the black-box prompt-tuning peers.",
+    )
+    parser.add_argument("--config", choices=("smoke", "full"), default="full", help="preset (default: full)")
+    parser.add_argument("--tasks", nargs="+", help=f"tasks (default: the preset's; suite: {' '.join(SUITE_TASKS)})")
+    parser.add_argument("--methods", nargs="+", help="methods (default: the preset's; see --list-methods)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (split and engine)")
+    parser.add_argument("--budgets", nargs="+", type=int, help="common API budgets of the main table")
+    parser.add_argument("--sweep-budgets", nargs="*", type=int, help="budgets of the sweep (none: no sweep)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the budget sweep")
+    parser.add_argument("--sweep-only", action="store_true", help="run only the budget sweep")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), help="forward precision of every method")
+    parser.add_argument("--test-size", type=int, help="class-balanced test subsample (0: the whole test set)")
+    parser.add_argument("--data-dir", help="data root (default: $BAYESPROMPT_DATA)")
+    parser.add_argument("--out", default="benchmarks/results", help="output directory (default: benchmarks/results)")
+    parser.add_argument("--throughput", action="store_true", help="also measure engine vs bare-forward throughput")
+    parser.add_argument("--progress", action="store_true", help="show engine progress bars")
+    parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    """The preset with the command line's overrides applied."""
+    config = preset(args.config)
+    overrides: dict[str, Any] = {}
+    for name in ("tasks", "methods", "seeds", "budgets", "sweep_budgets"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = tuple(value)
+    if args.precision:
+        overrides["precision"] = args.precision
+    if args.test_size is not None:
+        overrides["test_size"] = None if args.test_size == 0 else args.test_size
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    return dataclasses.replace(config, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m benchmarks.run``; returns the exit status."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
+    registry = default_registry()
+    if args.list_methods:
+        for spec in registry.values():
+            ok, reason = availability(spec)
+            budget = spec.budget if isinstance(spec.budget, str) else f"{spec.budget} calls"
+            print(f"{spec.name:15s} {spec.family:9s} budget={budget:11s} {spec.description}"
+                  + ("" if ok else f"  [unavailable: {reason}]"))
+        return 0
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        result = run_suite(
+            config,
+            args.out,
+            registry,
+            include_main=not args.sweep_only,
+            include_sweep=not args.no_sweep,
+            progress=args.progress,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.throughput:
+        from benchmarks.throughput import measure, write_throughput
+
+        rows = measure(config.tasks[0], budget=min(512, *config.budgets), num_particles=config.num_particles,
+                       n_tokens=config.n_tokens, intrinsic_dim=config.intrinsic_dim, k=config.k,
+                       data_dir=config.data_dir, backend=config.backend)
+        result.outputs["throughput"] = str(write_throughput(rows, Path(args.out)))
+    print(f"{len(result.records)} cells: {result.ran} ran, {result.cache_hits} cached, {result.errors} errors, "
+          f"{result.unavailable} unavailable; {time.perf_counter() - started:.1f}s")
+    for name, path in result.outputs.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

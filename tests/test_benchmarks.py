@@ -1,0 +1,256 @@
+"""The benchmark harness (``benchmarks/``): suite runner, cache, failures, report, white-box, throughput."""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bayesprompt.data.task import Example, Task
+from bayesprompt.testing import FakeBlackBox
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `benchmarks` is a top-level package of the repository, not installed
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.methods import MethodSpec, default_registry, prediction_posterior  # noqa: E402
+from benchmarks.report import format_mean_sd, markdown_report, markdown_table, plot_budget_sweep  # noqa: E402
+from benchmarks.run import BenchmarkConfig, Cell, cell_hash, main, main_cells, preset, run_suite, sweep_cells  # noqa: E402
+from benchmarks.throughput import measure, write_throughput  # noqa: E402
+from benchmarks.whitebox import WhiteBoxConfig, differentiable_scores, train_prompt  # noqa: E402
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+TOY = Task("toy", ("a", "b"), ("A.", "B."), "{text} {mask}", ("a", "b"))
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> str:
+    path = Path(os.environ.get("BAYESPROMPT_DATA", SHARED_DATA))
+    if not (path / "sst2" / "train.jsonl").is_file():
+        pytest.skip(f"benchmark data not found at {path} (set BAYESPROMPT_DATA)")
+    return str(path)
+
+
+def fake_config(data_dir: str, **changes) -> BenchmarkConfig:
+    """The smoke configuration on the fake black box (no language model: fast)."""
+    return dataclasses.replace(preset("smoke"), backend="fake", data_dir=data_dir, **changes)
+
+
+# ---------------------------------------------------------------------- doctests
+
+
+@pytest.mark.parametrize("name", ["methods", "run", "report", "whitebox", "throughput"])
+def test_module_doctests(name):
+    module = importlib.import_module(f"benchmarks.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+# ---------------------------------------------------------------------- suite, cache, failures
+
+
+@pytest.mark.slow
+def test_smoke_config_end_to_end_and_cache(tmp_path, data_dir):
+    config = dataclasses.replace(preset("smoke"), data_dir=data_dir)
+    first = run_suite(config, tmp_path, log=None)
+    assert (first.ran, first.cache_hits, first.errors) == (2, 0, 0)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["method"], r["status"]) for r in saved["records"]] == [("zero-shot", "ok"), ("smc", "ok")]
+    smc = saved["records"][1]
+    assert 0 < smc["api_calls"] <= 32 and smc["api_usage"]["budget"] == 32
+    assert 0.0 <= smc["accuracy"] <= 1.0 and smc["nll"] > 0 and smc["ood"]["rte"]["size"] == 8
+    markdown = (tmp_path / "results.md").read_text()
+    assert "Zero-shot (no prompt)" in markdown and "Tempered SMC" in markdown
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 2
+
+    second = run_suite(config, tmp_path, log=None)
+    assert (second.ran, second.cache_hits) == (0, 2)
+    assert [r["metric"] for r in second.records] == [r["metric"] for r in saved["records"]]
+
+
+def boom(ctx):
+    raise RuntimeError("boom in fit")
+
+
+def test_failing_and_unavailable_methods_are_recorded_not_fatal(tmp_path, data_dir):
+    registry = default_registry()
+    registry["boom"] = MethodSpec("boom", "Boom", "ours", "always fails", boom)
+    registry["missing"] = MethodSpec("missing", "Missing", "ours", "engine not there", boom, requires=("no_such_engine_module:X",))
+    config = fake_config(data_dir, methods=("boom", "missing", "zero-shot", "smc"))
+    result = run_suite(config, tmp_path, registry, log=None)
+    status = {r["method"]: r["status"] for r in result.records}
+    assert status == {"boom": "error", "missing": "unavailable", "zero-shot": "ok", "smc": "ok"}
+    failed = next(r for r in result.records if r["method"] == "boom")
+    assert failed["error"] == "RuntimeError: boom in fit" and "boom" in failed["traceback"]
+    assert (result.errors, result.unavailable, result.ran) == (1, 1, 2)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "error: RuntimeError: boom in fit" in markdown and "| Missing | 32 | unavailable |" in markdown
+
+    # a rerun loads the finished cells and retries only the failed one
+    again = run_suite(config, tmp_path, registry, log=None)
+    assert (again.cache_hits, again.ran, again.errors, again.unavailable) == (2, 0, 1, 1)
+
+
+def test_budget_exhausted_before_init_is_an_error_record(tmp_path, data_dir):
+    config = fake_config(data_dir, methods=("smc",), budgets=(2,))  # 4 particles need 4 calls
+    (record,) = run_suite(config, tmp_path, log=None).records
+    assert record["status"] == "error" and "budget" in record["error"]
+
+
+def test_grid_and_cache_keys():
+    registry = default_registry()
+    config = dataclasses.replace(preset("full"), tasks=("sst2",), methods=("zero-shot", "bbt-8000", "smc"), seeds=(0, 1))
+    cells = main_cells(config, registry)
+    assert cells == [
+        Cell("sst2", "zero-shot", 0, None), Cell("sst2", "zero-shot", 1, None),
+        Cell("sst2", "bbt-8000", 0, 8000), Cell("sst2", "bbt-8000", 1, 8000),
+        Cell("sst2", "smc", 0, 2000), Cell("sst2", "smc", 1, 2000),
+    ]
+    sweep = sweep_cells(config, registry)
+    assert {c.method for c in sweep} == {"smc"} and sorted({c.budget for c in sweep}) == [250, 500, 1000, 2000, 4000, 8000]
+    cell = Cell("sst2", "smc", 0, 2000)
+    other_method = dataclasses.replace(config, method_options=(("bbt", {"popsize": 10}),))
+    own_option = dataclasses.replace(config, method_options=(("smc", {"target_ess": 0.7}),))
+    assert cell_hash(other_method, cell) == cell_hash(config, cell)  # other methods' options do not matter
+    assert cell_hash(own_option, cell) != cell_hash(config, cell)
+    assert cell_hash(dataclasses.replace(config, precision="fp32"), cell) != cell_hash(config, cell)
+    assert cell_hash(dataclasses.replace(config, seeds=(5,), data_dir="/elsewhere"), cell) == cell_hash(config, cell)
+
+
+def test_command_line_lists_methods_and_rejects_bad_options(capsys):
+    assert main(["--list-methods"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in default_registry())
+    assert main(["--config", "smoke", "--precision", "fp32", "--budgets", "0"]) == 2
+    assert "budgets must be positive" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- report
+
+
+def synthetic(task, method, seed, metric, budget=2000, policy="common", **extra):
+    record = {
+        "task": task, "method": method, "method_label": method.upper(), "seed": seed, "budget": budget,
+        "budget_policy": policy, "status": "ok", "metric_name": "f1" if task == "mrpc" else "accuracy",
+        "metric": metric, "nll": 0.5 + seed / 10, "brier": 0.3, "ece": 0.05, "misclassification_auroc": 0.7,
+        "ood_auroc": 0.6, "api_calls": budget or 0, "fit_seconds": 10.0 + seed,
+        "test": {"split": "proxy_test" if task == "dbpedia" else "test", "size": 1000, "total": 7600, "subsample_seed": 0},
+        "ood": {"mrpc": {"auroc": 0.6, "size": 408}},
+    }
+    record.update(extra)
+    return record
+
+
+def test_markdown_table_formatting_on_synthetic_records():
+    records = [
+        synthetic("agnews", "smc", 0, 0.80), synthetic("agnews", "smc", 1, 0.84),
+        synthetic("agnews", "zero", 0, 0.70, budget=None, policy="none"),
+        {**synthetic("agnews", "eki", 0, 0.0), "status": "error", "error": "ValueError: bad | thing\nmore"},
+        {**synthetic("agnews", "eks", 0, 0.0), "status": "unavailable", "error": "cannot import"},
+        {**synthetic("agnews", "smc", 2, 0.0), "status": "error", "error": "x"},
+    ]
+    table = markdown_table(records, "agnews", method_order=["zero", "smc", "eki", "eks"]).splitlines()
+    assert table[0] == ("### agnews — test set: 1000 of 7600 examples (class-balanced subsample, seed 0); OOD: mrpc (408)")
+    assert table[2].startswith("| Method | Budget | Accuracy | NLL | Brier | ECE | Misclass. AUROC | OOD AUROC | Calls |")
+    assert table[4] == "| ZERO | — | 0.700 | 0.500 | 0.300 | 0.050 | 0.700 | 0.600 | 0 | 10.0 | 1 |"
+    assert table[5] == "| SMC | 2000 | 0.820 ± 0.028 | 0.550 ± 0.071 | 0.300 ± 0.000 | 0.050 ± 0.000 | 0.700 ± 0.000 | 0.600 ± 0.000 | 2000 | 10.5 | 2 (1 failed) |"
+    assert table[6].startswith("| EKI | 2000 | error: ValueError: bad / thing |")
+    assert table[7].startswith("| EKS | 2000 | unavailable |")
+    assert all(line.count("|") == table[2].count("|") for line in table[2:])
+
+    mrpc = markdown_table([synthetic("mrpc", "smc", 0, 0.81)], "mrpc")
+    assert "| F1 |" in mrpc and "| Accuracy |" not in mrpc
+    assert markdown_table([synthetic("dbpedia", "smc", 0, 0.9)]).startswith("### dbpedia (proxy test set) — proxy test set")
+    assert format_mean_sd([0.1, float("nan"), None, 0.3]) == "0.200 ± 0.141"
+
+
+def test_markdown_report_separates_main_table_and_sweep(tmp_path):
+    records = [synthetic("sst2", "smc", s, 0.7 + b / 1e5, budget=b) for s in (0, 1) for b in (250, 2000)]
+    records.append(synthetic("sst2", "bbt8k", 0, 0.75, budget=8000, policy="fixed"))
+    config = dataclasses.replace(preset("full"), tasks=("sst2",))
+    report = markdown_report(records, config)
+    main_part = report.split("### Budget sweep")[0]
+    assert "| SMC | 2000 |" in main_part and "| SMC | 250 |" not in main_part and "| BBT8K | 8000 |" in main_part
+    assert "| SMC | 0.702 / 0.550 | 0.720 / 0.550 |" in report
+    assert "sst2 → mrpc" in report
+    path = plot_budget_sweep(records + [synthetic("sst2", "zero", 0, 0.6, budget=None, policy="none")], tmp_path / "sweep.png")
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------- pieces
+
+
+def test_prediction_posterior_resamples_weighted_samples():
+    from bayesprompt.inference.posterior import Posterior
+
+    post = Posterior({"z": torch.arange(100.0).unsqueeze(-1)}, torch.linspace(0, 5, 100))
+    small = prediction_posterior(post, 10, seed=0)
+    assert small.num_samples == 10 and small.samples["z"].mean() > 60  # drawn toward the heavy weights
+    assert prediction_posterior(post, 200, seed=0) is post
+
+
+def test_whitebox_reduces_training_loss_on_fake_box():
+    box = FakeBlackBox(TOY, embed_dim=6, seed=1)
+    # the fake box's prompt only shifts every example alike, so skewed labels give it something to learn
+    batch = box.encode([Example(f"text {i}", int(i % 8 != 0)) for i in range(16)])
+    result = train_prompt(box, batch, batch, WhiteBoxConfig(n_tokens=3, max_steps=30, lr=0.05, eval_every=5, patience=100))
+    assert result.steps == 30 and result.status == "finished"
+    assert result.train_losses[-1] < 0.8 * result.train_losses[0]
+    assert box.meter.calls == 0  # white-box training is not metered
+    assert result.forward_passes == 31 + 7 and result.backward_passes == 30
+
+
+def test_whitebox_rejects_bad_settings():
+    with pytest.raises(ValueError, match="parametrisation"):
+        WhiteBoxConfig(parametrisation="weights")
+    box = FakeBlackBox(TOY, embed_dim=4)
+    batch = box.encode([Example("x", 0)])
+    with pytest.raises(ValueError, match="needs the random projection"):
+        train_prompt(box, batch, batch, WhiteBoxConfig(parametrisation="z", max_steps=1))
+    with pytest.raises(ValueError, match="prompts must be"):
+        differentiable_scores(box, torch.zeros(2, 4), batch)
+
+
+@pytest.mark.slow
+def test_whitebox_reduces_training_loss_on_minilm():
+    from bayesprompt.lm import SentenceEncoderBlackBox
+
+    box = SentenceEncoderBlackBox(TOY)
+    texts = ["a gorgeous , witty movie", "bleak and desperate", "boilerplate clichés , flat acting", "a charming journey"]
+    batch = box.encode([Example(t, y) for t, y in zip(texts, (1, 0, 0, 1))])
+    result = train_prompt(box, batch, batch, WhiteBoxConfig(n_tokens=4, max_steps=6, lr=0.05, eval_every=3, patience=10))
+    assert result.train_losses[-1] < result.train_losses[0]
+    assert all(p.grad is None for p in box.model.parameters())  # gradients only w.r.t. the prompt
+
+
+def test_throughput_on_fake_box(tmp_path, data_dir):
+    rows = measure("sst2", budget=24, num_particles=4, n_tokens=2, intrinsic_dim=4, k=2, data_dir=data_dir, backend="fake", repeats=2)
+    assert [r.precision for r in rows] == ["fp32", "bf16"]
+    for row in rows:
+        assert row.engine_calls <= 24 and row.engine_sequences == row.engine_calls * 4
+        assert 0.0 <= row.overhead <= 1.0 and row.flagged == (row.overhead > 0.1)
+        assert row.bare_seq_per_s > 0 and row.engine_seq_per_s > 0
+    text = write_throughput(rows, tmp_path).read_text()
+    assert "| sst2 | bf16 | 4 x 4 |" in text and (tmp_path / "throughput.json").is_file()
+
+
+def test_every_registered_method_runs_on_fake_box(tmp_path, data_dir):
+    """Every available method runs end to end on the fake box with a small budget."""
+    methods = tuple(name for name in default_registry() if name != "bbt-8000")
+    config = fake_config(data_dir, methods=methods, budgets=(96,), num_particles=8, method_options=(
+        ("bbt", {"popsize": 8}), ("ensembles", {"num_members": 2, "popsize": 8}),
+        ("cma-elbo", {"popsize": 6, "num_mc_samples": 2}), ("whitebox", {"max_steps": 5}),
+    ))
+    result = run_suite(config, tmp_path, log=None)
+    bad = {r["method"]: r.get("error") for r in result.records if r["status"] == "error"}
+    assert not bad
+    for record in result.records:
+        if record["status"] == "ok" and record["budget"] is not None:
+            assert record["api_calls"] <= 96
