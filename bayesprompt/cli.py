@@ -107,7 +107,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--prior-scale", type=float, default=defaults.prior_scale, help="scale of the Normal prior on z")
     fit.add_argument("--particles", type=int, default=defaults.num_particles, help="population size (particles, walkers or CMA-ES popsize)")
     fit.add_argument("--test-size", type=int, default=None, help="class-balanced test subsample size (default: whole test split)")
-    fit.add_argument("--vote-smoothing", type=float, default=defaults.vote_smoothing, help="Dirichlet smoothing of the vote distribution of likelihood-free engines (abc-smc)")
+    fit.add_argument(
+        "--vote-smoothing", type=_smoothing, default=defaults.vote_smoothing, metavar="ALPHA|dev",
+        help="Dirichlet smoothing of the votes of likelihood-free engines: a number, or 'dev' to fit it on the dev split (default)",
+    )
     fit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extra engine option (JSON value), repeatable")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(handler=_fit)
@@ -140,6 +143,19 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------- commands
+def _smoothing(text: str) -> float | str:
+    """``--vote-smoothing``: ``dev`` or a number >= 0."""
+    if text == "dev":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'dev', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'dev', got {text!r}")
+    return value
+
+
 def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     options = {}
     for pair in pairs:

@@ -36,7 +36,7 @@ from bayesprompt.metrics import aurc, classification_report, ood_report, selecti
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel
-from bayesprompt.predict import EnsemblePredictions, predict, predict_votes
+from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
 from bayesprompt.runs import (
     Checkpoint,
     RunDirectory,
@@ -200,8 +200,12 @@ class FitConfig:
         Population size of particle engines (SMC, ABC-SMC); CMA-ES popsize.
     test_size : int or None
         Class-balanced test subsample (``None``: the whole test split).
-    vote_smoothing : float
-        Dirichlet smoothing of the vote distribution of likelihood-free engines.
+    vote_smoothing : float or "dev"
+        Dirichlet smoothing ``alpha`` of the vote distribution of likelihood-free engines.
+        ``"dev"`` (the default) fits it on the dev split by maximum likelihood
+        (:func:`~bayesprompt.predict.fit_vote_smoothing`); the engine then runs on the
+        budget less one call per particle, kept back for the dev votes. The fitted value
+        is in ``metrics["vote_smoothing"]``.
     engine_options : dict
         Extra keyword arguments for the engine's constructor.
     """
@@ -224,7 +228,7 @@ class FitConfig:
     prior_scale: float = 1.0
     num_particles: int = 32
     test_size: int | None = None
-    vote_smoothing: float = 1.0
+    vote_smoothing: float | str = "dev"
     engine_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -237,11 +241,27 @@ class FitConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.test_size is not None and self.test_size < 1:
             raise ValueError(f"test_size must be >= 1 or None, got {self.test_size}")
+        if self.vote_smoothing != "dev" and not (
+            isinstance(self.vote_smoothing, int | float) and self.vote_smoothing >= 0
+        ):
+            raise ValueError(f"vote_smoothing must be a number >= 0 or 'dev', got {self.vote_smoothing!r}")
+        if self.dev_reserve and self.budget is not None and self.budget <= self.dev_reserve:
+            raise ValueError(
+                f"budget {self.budget} leaves no calls for inference after the {self.dev_reserve} dev calls of "
+                "vote_smoothing='dev'; raise the budget or give vote_smoothing a number"
+            )
 
     @property
     def likelihood_free(self) -> bool:
         """Whether the engine only sees predicted labels."""
         return self.engine in LIKELIHOOD_FREE_ENGINES
+
+    @property
+    def dev_reserve(self) -> int:
+        """API calls kept back from the engine to fit the vote smoothing on dev (one per particle)."""
+        if not (self.likelihood_free and self.vote_smoothing == "dev"):
+            return 0
+        return int(self.engine_options.get("num_particles", self.num_particles))
 
 
 def config_from_dict(data: Mapping[str, Any], **overrides: Any) -> FitConfig:
@@ -434,6 +454,10 @@ def evaluate_run(
         config = dataclasses.replace(config, data_dir=data_dir)
     posterior = run_dir.read_posterior()
     previous = run_dir.read_metrics() if run_dir.file("metrics.json").is_file() else {}
+    if config.likelihood_free and config.vote_smoothing == "dev":
+        if "vote_smoothing" not in previous:
+            raise RunDirectoryError(f"{run_dir.file('metrics.json')}: no fitted 'vote_smoothing' (fit did not finish)")
+        config = dataclasses.replace(config, vote_smoothing=float(previous["vote_smoothing"]))
     previous.pop("ood", None)  # from an earlier evaluation, maybe with other OOD tasks
     task = get_task(config.task)
     meter = Meter()
@@ -501,7 +525,7 @@ def _saved_config(run_dir: RunDirectory, saved: Mapping[str, Any], **overrides: 
 
 def _setup(config: FitConfig, task: Task, projection: RandomProjection | None) -> _Setup:
     train, dev, test = _load_examples(task, config)
-    meter = Meter(config.budget)
+    meter = Meter(None if config.budget is None else config.budget - config.dev_reserve)
     backend = _backend(config, task, meter)
     if projection is None:
         projection = RandomProjection.from_embeddings(
@@ -634,6 +658,10 @@ def _complete(
     """Inference, test predictions, metrics and (with a run directory) all result files."""
     posterior, seconds = _infer(setup, engine, run_dir, codec, checkpoint, progress)
     meter, config, task = setup.meter, setup.config, setup.task
+    meter.budget = config.budget  # releases the calls kept back for the dev votes
+    if config.likelihood_free and config.vote_smoothing == "dev":
+        dev_votes = predict_votes(posterior, setup.potential.with_args(setup.dev), setup.dev, task.num_classes, chunk_size=len(setup.dev))
+        config = dataclasses.replace(config, vote_smoothing=fit_vote_smoothing(dev_votes))
     inference_calls = meter.snapshot().to_dict()
     meter.budget = None  # evaluation is metered but not budgeted
     test_batch = setup.backend.encode(setup.test)
@@ -650,6 +678,8 @@ def _complete(
         "summary": posterior.summary,
         **_evaluation_metrics(config, task, posterior, predictions, {}),
     }
+    if config.likelihood_free:
+        metrics["vote_smoothing"] = config.vote_smoothing
     result = FitResult(config, posterior, predictions, metrics, setup.projection, run_dir.path if run_dir else None)
     if run_dir is not None:
         readings = {"inference": inference_calls, "evaluation": meter.snapshot().to_dict()}

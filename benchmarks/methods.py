@@ -32,6 +32,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 from collections.abc import Callable, Mapping
@@ -48,7 +49,7 @@ from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel
-from bayesprompt.predict import EnsemblePredictions, predict, predict_votes
+from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
 
 __all__ = [
     "BudgetPolicy",
@@ -146,6 +147,9 @@ class MethodOutcome:
         Whether the predictor gives votes (one-hot per sample).
     summary : dict
         Engine summary scalars (JSON-serialisable).
+    vote_smoothing : float or None
+        Dirichlet smoothing of the votes fitted on the dev split (label-only methods with
+        the ``vote_smoothing="dev"`` option); ``None``: the configuration's fixed value.
     """
 
     predictor: Predictor
@@ -155,6 +159,7 @@ class MethodOutcome:
     ess: float | None
     likelihood_free: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
+    vote_smoothing: float | None = None
 
 
 @dataclass(frozen=True)
@@ -277,10 +282,21 @@ def make_potential(ctx: MethodContext, likelihood_free: bool) -> Potential:
     return Potential(model, (ctx.train,), meter=ctx.meter)
 
 
-def posterior_outcome(ctx: MethodContext, posterior: Posterior, potential: Potential, likelihood_free: bool) -> MethodOutcome:
-    """Wrap a fitted posterior: thin it for prediction and build its predictor."""
+def posterior_outcome(
+    ctx: MethodContext, posterior: Posterior, potential: Potential, likelihood_free: bool, fit_smoothing: bool = False
+) -> MethodOutcome:
+    """Wrap a fitted posterior: thin it for prediction and build its predictor.
+
+    With ``fit_smoothing`` (label-only methods) the Dirichlet smoothing of the votes is
+    fitted on the dev split (:func:`~bayesprompt.predict.fit_vote_smoothing`), one API
+    call per prediction sample, charged to the cell's meter.
+    """
     used = prediction_posterior(posterior, ctx.max_prediction_samples, ctx.seed)
     num_classes = ctx.task.num_classes
+    smoothing = None
+    if fit_smoothing:
+        dev_votes = predict_votes(used, potential.with_args(ctx.dev), ctx.dev, num_classes, chunk_size=len(ctx.dev))
+        smoothing = fit_vote_smoothing(dev_votes)
 
     def predictor(batch: EncodedBatch) -> EnsemblePredictions:
         if likelihood_free:
@@ -295,6 +311,7 @@ def posterior_outcome(ctx: MethodContext, posterior: Posterior, potential: Poten
         ess=posterior.ess,
         likelihood_free=likelihood_free,
         summary=_scalars(posterior.summary),
+        vote_smoothing=smoothing,
     )
 
 
@@ -315,11 +332,29 @@ def fit_engine(
     make_engine: Callable[[MethodContext, Potential], Engine],
     likelihood_free: bool = False,
 ) -> MethodOutcome:
-    """Build the potential, run the engine under the cell's meter, wrap the posterior."""
+    """Build the potential, run the engine under the cell's meter, wrap the posterior.
+
+    A label-only method with the option ``vote_smoothing="dev"`` keeps back one call per
+    prediction sample from the engine's budget, to fit the vote smoothing on the dev split.
+    """
+    options = dict(ctx.options)
+    smoothing = options.pop("vote_smoothing", None)
+    if smoothing not in (None, "dev") or (smoothing == "dev" and not likelihood_free):
+        raise ValueError(f"option vote_smoothing must be 'dev' on a label-only method, got {smoothing!r}")
+    ctx = dataclasses.replace(ctx, options=options)
+    reserve = 0
+    if smoothing == "dev" and ctx.budget is not None:
+        reserve = min(int(options.get("num_particles", ctx.num_particles)), ctx.max_prediction_samples)
+        if reserve >= ctx.budget:
+            raise ValueError(f"budget {ctx.budget} leaves nothing after the {reserve} dev calls of vote_smoothing='dev'")
     potential = make_potential(ctx, likelihood_free)
     engine = make_engine(ctx, potential)
-    posterior = run(engine, potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
-    return posterior_outcome(ctx, posterior, potential, likelihood_free)
+    ctx.meter.budget = None if ctx.meter.budget is None else ctx.meter.budget - reserve
+    try:
+        posterior = run(engine, potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
+    finally:
+        ctx.meter.budget = None if ctx.meter.budget is None else ctx.meter.budget + reserve
+    return posterior_outcome(ctx, posterior, potential, likelihood_free, fit_smoothing=smoothing == "dev")
 
 
 def _scalars(summary: Mapping[str, Any]) -> dict[str, Any]:

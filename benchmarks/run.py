@@ -135,7 +135,9 @@ class BenchmarkConfig:
         ``((task, (ood_task, ...)), ...)``.
     method_options : tuple
         ``((method, {option: value}), ...)``: engine constructor overrides, or white-box
-        settings for ``"whitebox"``.
+        settings for ``"whitebox"``; ``vote_smoothing="dev"`` makes a label-only method fit
+        its vote smoothing on the dev split (the default for our ABC engines; the paper's
+        uniform ABC keeps the fixed ``vote_smoothing``).
     data_dir : str or None
         Data root (default ``$BAYESPROMPT_DATA``); not part of the cache key.
     """
@@ -163,7 +165,10 @@ class BenchmarkConfig:
     backend: str = "encoder"
     model: str | None = None
     ood_pairs: tuple[tuple[str, tuple[str, ...]], ...] = OOD_PAIRS
-    method_options: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    method_options: tuple[tuple[str, Mapping[str, Any]], ...] = (
+        ("abc-smc", {"vote_smoothing": "dev"}),
+        ("abc-mcmc", {"vote_smoothing": "dev"}),
+    )
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -405,6 +410,7 @@ def run_cell(
         "prediction_samples": outcome.prediction_samples,
         "ess": outcome.ess,
         "likelihood_free": outcome.likelihood_free,
+        "vote_smoothing": vote_smoothing(config, outcome) if outcome.likelihood_free else None,
         "summary": outcome.summary,
     }
 
@@ -418,7 +424,7 @@ def evaluate(
     model-average probabilities as the NLL; the AUROCs of every score of
     :meth:`~bayesprompt.predict.EnsemblePredictions.uncertainty` are kept too.
     """
-    smoothing = config.vote_smoothing if outcome.likelihood_free else 0.0
+    smoothing = vote_smoothing(config, outcome)
     test_batch, test_info = resources.evaluation_batch(task, backend)
     predictions = outcome.predictor(test_batch)
     probs = predictions.mean(smoothing)
@@ -450,6 +456,13 @@ def evaluate(
         "ood": ood,
         "test": test_info,
     }
+
+
+def vote_smoothing(config: BenchmarkConfig, outcome: MethodOutcome) -> float:
+    """The Dirichlet smoothing of ``outcome``'s votes: fitted on dev, else the config's (0 for scores)."""
+    if not outcome.likelihood_free:
+        return 0.0
+    return config.vote_smoothing if outcome.vote_smoothing is None else outcome.vote_smoothing
 
 
 def _scores(probs: torch.Tensor, predictions: EnsemblePredictions) -> dict[str, torch.Tensor]:

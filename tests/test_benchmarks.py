@@ -247,6 +247,7 @@ def test_every_registered_method_runs_on_fake_box(tmp_path, data_dir):
     config = fake_config(data_dir, methods=methods, budgets=(96,), num_particles=8, method_options=(
         ("bbt", {"popsize": 8}), ("ensembles", {"num_members": 2, "popsize": 8}),
         ("cma-elbo", {"popsize": 6, "num_mc_samples": 2}), ("whitebox", {"max_steps": 5}),
+        ("abc-mcmc", {"vote_smoothing": "dev"}),
     ))
     result = run_suite(config, tmp_path, log=None)
     bad = {r["method"]: r.get("error") for r in result.records if r["status"] == "error"}
@@ -254,3 +255,20 @@ def test_every_registered_method_runs_on_fake_box(tmp_path, data_dir):
     for record in result.records:
         if record["status"] == "ok" and record["budget"] is not None:
             assert record["api_calls"] <= 96
+
+
+def test_label_only_method_fits_its_vote_smoothing_on_dev_within_the_budget(tmp_path, data_dir):
+    """``vote_smoothing="dev"``: the engine leaves one call per prediction sample for the dev votes."""
+    base = fake_config(data_dir, methods=("abc-mcmc", "abc-uniform"), budgets=(96,), num_particles=8)
+    (fitted, fixed) = run_suite(base, tmp_path, log=None).records
+    assert fitted["status"] == fixed["status"] == "ok"
+    assert fixed["vote_smoothing"] == base.vote_smoothing  # the paper's ABC keeps the fixed smoothing
+    assert fitted["vote_smoothing"] != base.vote_smoothing and 0 < fitted["vote_smoothing"]
+    assert fitted["api_calls"] <= 96
+    engine_calls = fitted["api_usage"]["calls"] - fitted["prediction_samples"]  # the dev votes come last
+    assert engine_calls <= 96 - 8
+    with pytest.raises(ValueError, match="vote_smoothing"):
+        from benchmarks.methods import MethodContext, fit_engine
+
+        ctx = MethodContext(TOY, FakeBlackBox(TOY, embed_dim=4), None, None, None, 10, 0, options={"vote_smoothing": 2.0})
+        fit_engine(ctx, lambda ctx, potential: None, likelihood_free=True)

@@ -130,7 +130,24 @@ def test_likelihood_free_runs_predict_with_votes(tmp_path, fake_backend):
     assert RunDirectory(out).read_metrics()["ood"]["agnews"]["num_ood"] == 4
     for predictions in (saved.test, saved.ood["imdb"], saved.ood["agnews"]):  # label-only API: one-hot votes per sample
         assert set(predictions.probs.unique().tolist()) <= {0.0, 1.0}
-    assert torch.allclose(saved.test_probs, saved.test.mean(1.0))  # Dirichlet-smoothed vote shares
+    metrics, meter = RunDirectory(out).read_metrics(), RunDirectory(out).read_meter()
+    alpha = metrics["vote_smoothing"]  # the default: fitted on the dev split, 8 calls kept back for it
+    assert isinstance(alpha, float) and torch.allclose(saved.test_probs, saved.test.mean(alpha))
+    assert meter["inference"]["calls"] <= 300
+
+
+def test_vote_smoothing_fixed_value_and_bad_input(tmp_path, fake_backend, capsys):
+    out = tmp_path / "abc"
+    args = ["fit", *FAKE, "--engine", "abc-smc", "--option", "max_stages=1", "--out", str(out)]
+    assert cli.main([*args, "--vote-smoothing", "2.5"]) == 0
+    saved = RunDirectory(out).read_predictions()
+    assert RunDirectory(out).read_metrics()["vote_smoothing"] == 2.5
+    assert torch.allclose(saved.test_probs, saved.test.mean(2.5))
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--vote-smoothing", "lots"])
+    assert "--vote-smoothing" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="leaves no calls"):
+        pipeline.FitConfig(engine="abc-mcmc", budget=32, num_particles=32)
 
 
 # ---------------------------------------------------------------------------- real MiniLM, kill and resume
