@@ -98,8 +98,10 @@ def predict(
     batch: EncodedBatch,
     chunk_size: int = 256,
     site: str = "y",
+    num_samples: int | None = None,
+    seed: int = 0,
 ) -> EnsemblePredictions:
-    """Predict ``batch`` with every sample of ``posterior``.
+    """Predict ``batch`` with the samples of ``posterior`` (all, or ``num_samples``).
 
     Parameters
     ----------
@@ -113,6 +115,12 @@ def predict(
         Examples per model run.
     site : str
         Name of the observed Categorical site of the model.
+    num_samples : int or None
+        Predict with at most this many samples (:meth:`Posterior.subsample`: even
+        thinning of equal weights, seeded resampling of weighted ones); each sample costs
+        one API call per chunk. ``None``: every sample.
+    seed : int
+        Seed of the resampling.
 
     Returns
     -------
@@ -129,6 +137,8 @@ def predict(
         probs = fn.probs
         return probs.expand(u.shape[0], *probs.shape[1:]).reshape(u.shape[0], len(part), -1)
 
+    if num_samples is not None:
+        posterior = posterior.subsample(num_samples, seed)
     probs = _stream(posterior, potential, batch, chunk_size, class_probs)
     return EnsemblePredictions(probs.float(), posterior.weights, batch.labels)
 
@@ -140,12 +150,15 @@ def predict_votes(
     num_classes: int,
     chunk_size: int = 256,
     site: str = "y_pred",
+    num_samples: int | None = None,
+    seed: int = 0,
 ) -> EnsemblePredictions:
     """Likelihood-free prediction: each sample's predicted label as a one-hot vote.
 
     ``potential`` wraps a likelihood-free model whose deterministic site ``site`` holds
     the label-only API's predictions; the result's :meth:`EnsemblePredictions.mean` is the
-    (optionally Dirichlet-smoothed) weighted vote distribution.
+    (optionally Dirichlet-smoothed) weighted vote distribution. ``chunk_size``,
+    ``num_samples`` and ``seed`` are as in :func:`predict`.
     """
 
     def predicted_labels(part_potential: Potential, u: torch.Tensor, part: EncodedBatch) -> torch.Tensor:
@@ -154,6 +167,8 @@ def predict_votes(
             raise KeyError(f"the model has no deterministic site {site!r} of predicted labels")
         return outputs[site].reshape(u.shape[0], len(part))
 
+    if num_samples is not None:
+        posterior = posterior.subsample(num_samples, seed)
     votes = _stream(posterior, potential, batch, chunk_size, predicted_labels)
     onehot = torch.nn.functional.one_hot(votes.long(), num_classes).float()
     return EnsemblePredictions(onehot, posterior.weights, batch.labels)

@@ -61,7 +61,6 @@ __all__ = [
     "default_registry",
     "dev_accuracy_score",
     "effective_budget",
-    "prediction_posterior",
 ]
 
 #: ``"common"``: the cell's budget; ``"none"``: not budgeted (zero-shot, white-box);
@@ -241,38 +240,6 @@ def dev_accuracy_score(potential: Potential, dev_batch: EncodedBatch) -> Callabl
     return score
 
 
-def prediction_posterior(posterior: Posterior, max_samples: int, seed: int) -> Posterior:
-    """At most ``max_samples`` samples of ``posterior`` for prediction.
-
-    Equally weighted samples (MCMC chains, ensembles) are thinned evenly; weighted ones
-    are resampled multinomially (seeded), which keeps the model average unbiased.
-
-    Examples
-    --------
-    >>> post = Posterior({"z": torch.arange(10.0).unsqueeze(-1)}, torch.zeros(10))
-    >>> prediction_posterior(post, 4, seed=0).samples["z"].flatten().tolist()
-    [0.0, 3.0, 6.0, 9.0]
-    """
-    if max_samples < 1:
-        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-    size = posterior.num_samples
-    if size <= max_samples:
-        return posterior
-    weights = posterior.weights
-    if torch.allclose(weights, torch.full_like(weights, 1.0 / size)):
-        index = torch.linspace(0, size - 1, max_samples).round().long()
-        return Posterior(
-            {k: v[index] for k, v in posterior.samples.items()},
-            torch.zeros(max_samples),
-            posterior.diagnostics,
-            posterior.api_calls,
-            posterior.status,
-            posterior.engine,
-            posterior.summary,
-        )
-    return posterior.resample(max_samples, torch.Generator().manual_seed(int(seed)))
-
-
 def make_potential(ctx: MethodContext, likelihood_free: bool) -> Potential:
     """The training potential of an engine method (score-based or label-only model)."""
     if likelihood_free:
@@ -291,7 +258,7 @@ def posterior_outcome(
     fitted on the dev split (:func:`~bayesprompt.predict.fit_vote_smoothing`), one API
     call per prediction sample, charged to the cell's meter.
     """
-    used = prediction_posterior(posterior, ctx.max_prediction_samples, ctx.seed)
+    used = posterior.subsample(ctx.max_prediction_samples, seed=ctx.seed)
     num_classes = ctx.task.num_classes
     smoothing = None
     if fit_smoothing:

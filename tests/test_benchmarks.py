@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `benchmarks` is a top-level package of the repository, not installed
     sys.path.insert(0, str(REPO))
 
-from benchmarks.methods import MethodSpec, default_registry, prediction_posterior  # noqa: E402
+from benchmarks.methods import MethodSpec, default_registry  # noqa: E402
 from benchmarks.report import format_mean_sd, markdown_report, markdown_table, plot_budget_sweep  # noqa: E402
 from benchmarks.run import BenchmarkConfig, Cell, cell_hash, main, main_cells, preset, run_suite, sweep_cells  # noqa: E402
 from benchmarks.throughput import measure, write_throughput  # noqa: E402
@@ -185,15 +185,6 @@ def test_markdown_report_separates_main_table_and_sweep(tmp_path):
 
 
 # ---------------------------------------------------------------------- pieces
-
-
-def test_prediction_posterior_resamples_weighted_samples():
-    from bayesprompt.inference.posterior import Posterior
-
-    post = Posterior({"z": torch.arange(100.0).unsqueeze(-1)}, torch.linspace(0, 5, 100))
-    small = prediction_posterior(post, 10, seed=0)
-    assert small.num_samples == 10 and small.samples["z"].mean() > 60  # drawn toward the heavy weights
-    assert prediction_posterior(post, 200, seed=0) is post
 
 
 def test_whitebox_reduces_training_loss_on_fake_box():

@@ -129,3 +129,13 @@ def test_label_only_exposes_no_scores():
     assert isinstance(LabelOnly(view), LabelOnly)  # re-wrapping is allowed
     with pytest.raises(TypeError):
         LabelOnly(object())
+
+
+def test_watching_listener_is_removed_on_error_and_not_called_for_refused_queries():
+    meter, seen = Meter(budget=5), []
+    with pytest.raises(BudgetExhausted):
+        with meter.watching(lambda m: seen.append(m.calls)):
+            meter.charge(calls=4, sequences=4, tokens=4)
+            meter.charge(calls=4, sequences=4, tokens=4)  # refused: nothing recorded, nobody told
+    meter.charge(calls=1, sequences=1, tokens=1)
+    assert seen == [4] and meter.calls == 5

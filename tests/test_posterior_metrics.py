@@ -60,6 +60,20 @@ def test_resample_gives_equal_weights_from_the_support():
     assert not (draws.samples["z"] == 0.0).any()
 
 
+def test_subsample_thins_equal_weights_and_resamples_weighted_ones():
+    weighted = Posterior({"z": torch.arange(100.0).unsqueeze(-1)}, torch.linspace(0, 5, 100))
+    small = weighted.subsample(10, seed=0)
+    assert small.num_samples == 10 and torch.allclose(small.weights, torch.full((10,), 0.1, dtype=torch.float64))
+    # drawn toward the heavy weights: the weighted mean of z is 80.3, the plain mean 49.5
+    assert small.samples["z"].mean() > 60
+    assert torch.equal(weighted.subsample(10, seed=0).samples["z"], small.samples["z"])  # seeded
+    chains = Posterior({"z": torch.arange(12.0).unsqueeze(-1)}, torch.zeros(12), num_chains=3)
+    thinned = chains.subsample(4)
+    assert thinned.samples["z"].flatten().tolist() == [0.0, 4.0, 7.0, 11.0] and thinned.num_chains == 1
+    with pytest.raises(ValueError, match="max_samples"):
+        chains.subsample(0)
+
+
 def test_metrics_against_hand_computed_values():
     # float64, so that 0.8 and 0.6 sit exactly on bin edges (right-closed bins)
     probs = torch.tensor([[0.9, 0.1], [0.35, 0.65], [0.6, 0.4], [0.2, 0.8]], dtype=torch.float64)

@@ -17,6 +17,7 @@ leaves the last complete state intact: the run returns it with status
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -124,7 +125,10 @@ def run(
     diagnostics: list[dict[str, Any]] = []
     total = meter.budget if meter is not None else None
     status = engine.stop_reason(state)
-    with tqdm(total=total, desc=engine.name, unit="call", disable=not progress, leave=False) as bar:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=total, desc=engine.name, unit="call", disable=not progress, leave=False))
+        if meter is not None and progress:
+            stack.enter_context(meter.watching(lambda m: _update_bar(bar, m)))  # moves with every query
         _update_bar(bar, meter)
         while status is None:
             try:

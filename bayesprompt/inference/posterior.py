@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,33 @@ class Posterior:
             self.status,
             self.engine,
             self.summary,
+        )
+
+    def subsample(self, max_samples: int, seed: int = 0) -> "Posterior":
+        """At most ``max_samples`` samples, e.g. to bound the cost of ensemble predictions.
+
+        Equally weighted samples (MCMC chains, ensembles) are thinned evenly;
+        weighted ones are resampled multinomially with a seeded generator, which keeps
+        posterior averages unbiased. A posterior that is small enough is returned as is.
+
+        Examples
+        --------
+        >>> post = Posterior({"z": torch.arange(10.0).unsqueeze(-1)}, torch.zeros(10))
+        >>> post.subsample(4).samples["z"].flatten().tolist()
+        [0.0, 3.0, 6.0, 9.0]
+        >>> post.subsample(20) is post
+        True
+        """
+        if not isinstance(max_samples, int) or max_samples < 1:
+            raise ValueError(f"max_samples must be an int >= 1, got {max_samples!r}")
+        size = self.num_samples
+        if size <= max_samples:
+            return self
+        if not torch.allclose(self.weights, torch.full_like(self.weights, 1.0 / size)):
+            return self.resample(max_samples, torch.Generator().manual_seed(int(seed)))
+        index = torch.linspace(0, size - 1, max_samples).round().long()
+        return dataclasses.replace(
+            self, samples={k: v[index] for k, v in self.samples.items()}, log_weights=torch.zeros(max_samples), num_chains=1
         )
 
     # ------------------------------------------------------------------ persistence

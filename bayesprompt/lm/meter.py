@@ -12,7 +12,7 @@ calls, ``P * B`` sequences and the tokens of those sequences.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 __all__ = ["BudgetExhausted", "Meter", "MeterSnapshot", "ProbeInterrupt"]
@@ -96,6 +96,7 @@ class Meter:
         self.tokens = 0
         self.queries = 0
         self._probing = False
+        self._listeners: list[Callable[[Meter], None]] = []
 
     @contextlib.contextmanager
     def probe(self) -> Iterator[None]:
@@ -105,6 +106,29 @@ class Meter:
             yield
         finally:
             self._probing = previous
+
+    @contextlib.contextmanager
+    def watching(self, listener: Callable[["Meter"], None]) -> Iterator[None]:
+        """Within this block, call ``listener(meter)`` after every charged query.
+
+        :func:`bayesprompt.inference.run` uses it to move its progress bar with each
+        query rather than once per engine step.
+
+        Examples
+        --------
+        >>> meter, seen = Meter(), []
+        >>> with meter.watching(lambda m: seen.append(m.calls)):
+        ...     meter.charge(calls=3, sequences=3, tokens=3)
+        ...     meter.charge(calls=2, sequences=2, tokens=2)
+        >>> meter.charge(calls=1, sequences=1, tokens=1)
+        >>> seen
+        [3, 5]
+        """
+        self._listeners.append(listener)
+        try:
+            yield
+        finally:
+            self._listeners.remove(listener)
 
     @property
     def remaining(self) -> int | None:
@@ -127,6 +151,8 @@ class Meter:
         self.sequences += sequences
         self.tokens += tokens
         self.queries += 1
+        for listener in tuple(self._listeners):
+            listener(self)
 
     def snapshot(self) -> MeterSnapshot:
         """Return the current counts as an immutable record."""
