@@ -730,9 +730,14 @@ def _predict_ood(
     return EnsemblePredictions(predictions.probs, predictions.weights, batch.labels)
 
 
+def _smoothing(config: FitConfig) -> float:
+    """The Dirichlet smoothing of the ensemble average: the votes' for likelihood-free runs, else 0."""
+    return float(config.vote_smoothing) if config.likelihood_free else 0.0
+
+
 def _ensemble_probs(config: FitConfig, predictions: EnsemblePredictions) -> torch.Tensor:
     """The ensemble's probabilities ``[N, C]`` (smoothed vote shares for likelihood-free runs)."""
-    return predictions.mean(config.vote_smoothing if config.likelihood_free else 0.0)
+    return predictions.mean(_smoothing(config))
 
 
 def _evaluation_metrics(
@@ -745,8 +750,9 @@ def _evaluation_metrics(
     """Test classification, uncertainty, selective-prediction, OOD and ArviZ metrics."""
     from bayesprompt.arviz import summarize
 
-    probs = _ensemble_probs(config, predictions)
-    scores = predictions.uncertainty()
+    smoothing = _smoothing(config)
+    probs = predictions.mean(smoothing)
+    scores = predictions.uncertainty(smoothing)
     metrics: dict[str, Any] = {
         "test": classification_report(probs, predictions.labels, task.metric),
         "test_split": "proxy_test" if task.name == "dbpedia" else "test",
@@ -756,7 +762,7 @@ def _evaluation_metrics(
     }
     if ood:
         correct = (probs.argmax(-1) == predictions.labels).numpy()
-        metrics["ood"] = {name: _ood_metrics(scores, correct, other.uncertainty()) for name, other in ood.items()}
+        metrics["ood"] = {name: _ood_metrics(scores, correct, other.uncertainty(smoothing)) for name, other in ood.items()}
     return metrics
 
 

@@ -83,13 +83,23 @@ class EnsemblePredictions:
         samples, classes = self.probs.shape[0], self.probs.shape[-1]
         return (samples * average + dirichlet_alpha) / (samples + classes * dirichlet_alpha)
 
-    def uncertainty(self) -> dict[str, torch.Tensor]:
+    def uncertainty(self, dirichlet_alpha: float = 0.0) -> dict[str, torch.Tensor]:
         """Per-example uncertainty scores ``{name: [N]}``, higher = more uncertain.
 
         See :func:`bayesprompt.uncertainty.uncertainty_scores` for the names and
-        definitions; the weights are the posterior weights.
+        definitions; the weights are the posterior weights. With ``dirichlet_alpha > 0``
+        the scores of the model average (predictive entropy, ``1 - max p``, and mutual
+        information = predictive - expected entropy) use the smoothed average
+        :meth:`mean` ``(dirichlet_alpha)``, as the probabilities of a vote predictive do.
         """
-        return uncertainty_scores(self.probs, self.weights)
+        scores = uncertainty_scores(self.probs, self.weights)
+        if dirichlet_alpha == 0:
+            return scores
+        average = self.mean(dirichlet_alpha).double()
+        scores["predictive_entropy"] = torch.special.entr(average).sum(-1)
+        scores["one_minus_max_prob"] = 1.0 - average.max(-1).values
+        scores["mutual_information"] = scores["predictive_entropy"] - scores["expected_entropy"]
+        return scores
 
 
 def predict(

@@ -429,13 +429,13 @@ def evaluate(
     predictions = outcome.predictor(test_batch)
     probs = predictions.mean(smoothing)
     report = classification_report(probs, test_batch.labels, task.metric)
-    scores = _scores(probs, predictions)
+    scores = predictions.uncertainty(smoothing)
     correct = (probs.argmax(-1) == test_batch.labels).numpy()
     ood: dict[str, Any] = {}
     for name in config.ood_for(task.name):
         ood_batch, ood_info = resources.evaluation_batch(task, backend, source=name)
         ood_predictions = outcome.predictor(ood_batch)
-        ood_scores = _scores(ood_predictions.mean(smoothing), ood_predictions)
+        ood_scores = ood_predictions.uncertainty(smoothing)
         ood[name] = {
             **ood_info,
             "auroc": ood_auroc(scores[UNCERTAINTY_SCORE], ood_scores[UNCERTAINTY_SCORE]),
@@ -463,18 +463,6 @@ def vote_smoothing(config: BenchmarkConfig, outcome: MethodOutcome) -> float:
     if not outcome.likelihood_free:
         return 0.0
     return config.vote_smoothing if outcome.vote_smoothing is None else outcome.vote_smoothing
-
-
-def _scores(probs: torch.Tensor, predictions: EnsemblePredictions) -> dict[str, torch.Tensor]:
-    """Uncertainty scores ``{name: [N]}``: the headline one from ``probs``, the rest from the ensemble."""
-    others = {k: v for k, v in predictions.uncertainty().items() if k != UNCERTAINTY_SCORE}
-    return {UNCERTAINTY_SCORE: _entropy(probs), **others}
-
-
-def _entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Predictive entropy ``[N]`` (nats) of model-average probabilities ``[N, C]``."""
-    p = probs.double().clamp_min(1e-12)
-    return -(p * p.log()).sum(-1)
 
 
 # ---------------------------------------------------------------------- cache and suite

@@ -66,3 +66,21 @@ def test_input_errors_name_the_argument():
     empty = EnsemblePredictions(torch.zeros(4, 0, 2), torch.full((4,), 0.25), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="held-out"):
         fit_vote_smoothing(empty)
+
+
+def test_uncertainty_of_smoothed_votes_uses_the_smoothed_average():
+    votes = EnsemblePredictions(
+        torch.nn.functional.one_hot(torch.tensor([[0, 1], [0, 1], [0, 0], [1, 1]]), 2).float(),
+        torch.full((4,), 0.25),
+        torch.tensor([0, 1]),
+    )
+    alpha = 2.0
+    p = votes.mean(alpha).double()  # example 0: (3 + 2) / (4 + 4) = 0.625 for class 0
+    assert p[0, 0].item() == pytest.approx(0.625)
+    scores, raw = votes.uncertainty(alpha), votes.uncertainty()
+    entropy = -(p * p.log()).sum(-1)
+    assert torch.allclose(scores["predictive_entropy"], entropy)
+    assert torch.allclose(scores["mutual_information"], entropy)  # one-hot votes: expected entropy 0
+    assert torch.allclose(scores["one_minus_max_prob"], 1 - p.max(-1).values)
+    assert torch.equal(scores["one_minus_vote_margin"], raw["one_minus_vote_margin"])
+    assert not torch.allclose(scores["predictive_entropy"], raw["predictive_entropy"])
