@@ -489,3 +489,12 @@ def test_states_are_immutable_and_steps_pure():
 def test_engine_validates_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TemperedSMC(**kwargs)
+
+
+def test_progress_bar_follows_every_query_and_is_detached_after_the_run(capsys):
+    problem = linear_gaussian()
+    post = run(TemperedSMC(num_particles=64, max_stages=2), Potential(problem.model), seed=0, meter=problem.meter, progress=True)
+    assert post.api_calls["calls"] == problem.meter.calls > 0
+    assert problem.meter._listeners == []  # the bar's listener lives only as long as the run
+    err = capsys.readouterr().err
+    assert f"{problem.meter.calls}" in err and "smc" in err
