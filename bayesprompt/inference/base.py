@@ -126,7 +126,10 @@ def run(
     total = meter.budget if meter is not None else None
     status = engine.stop_reason(state)
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(tqdm(total=total, desc=engine.name, unit="call", disable=not progress, leave=False))
+        start = meter.calls if meter is not None else 0  # so the rate counts this run's calls only
+        bar = stack.enter_context(
+            tqdm(total=total, initial=start, desc=engine.name, unit="call", disable=not progress, leave=False)
+        )
         if meter is not None and progress:
             stack.enter_context(meter.watching(lambda m: _update_bar(bar, m)))  # moves with every query
         _update_bar(bar, meter)
