@@ -282,6 +282,26 @@ def test_eki_tempering_reaches_time_one_exactly():
     assert {"t", "dt", "misfit", "spread", "failed", "api_calls"} <= set(post.diagnostics[-1])
 
 
+@pytest.mark.parametrize("max_step", [None, 0.2])
+def test_tempered_eki_recovers_the_linear_gaussian_posterior(max_step):
+    """For a linear-Gaussian model, EKI tempered to t = 1 samples the posterior (J -> inf),
+    in one step or in several (ES-MDA): the ensemble mean has Monte Carlo error of order
+    sd / sqrt(J); the bound below allows twice the variance of J independent draws (the
+    perturbed observations and the estimated gain add error of the same order)."""
+    problem = LinearGaussian.random(dim=2, num_obs=10, seed=2)
+    num = 4000
+    post = run(EKI(num_ensemble=num, max_step=max_step), metered(problem), seed=0, meter=problem.meter, progress=False)
+    steps = [d["dt"] for d in post.diagnostics]
+    if max_step is not None:
+        assert len(steps) >= 5 and max(steps) <= max_step
+    sigma = problem.posterior_cov()
+    sd = sigma.diagonal().sqrt()
+    mean_tol = Z * sd * math.sqrt(2 / num)
+    assert bool(((post.mean("z") - problem.posterior_mean()).abs() <= mean_tol).all())
+    cov_tol = Z * ((torch.outer(sd, sd) ** 2 + sigma**2) * 2 / num).sqrt()
+    assert bool(((torch.cov(post.samples["z"].T.double()) - sigma).abs() <= cov_tol).all())
+
+
 # ---------------------------------------------------------------------------- EKS
 def test_eks_recovers_the_linear_gaussian_posterior():
     problem = LinearGaussian.random(dim=2, num_obs=10, seed=1)
@@ -426,6 +446,8 @@ def test_posterior_has_every_latent_site():
         (lambda: EKI(num_ensemble=1), "num_ensemble"),
         (lambda: EKI(final_time=0.0), "final_time"),
         (lambda: EKI(step_size=-1.0), "step_size"),
+        (lambda: EKI(max_step=0.0), "max_step"),
+        (lambda: EKI(step_size=0.1, max_step=0.5), "not both"),
         (lambda: EKS(step_scale=0.0), "step_scale"),
         (lambda: EKS(num_iterations=0), "num_iterations"),
         (lambda: ObservationMap(categorical="logits"), "categorical"),
