@@ -505,6 +505,7 @@ class SuiteResult:
     ran: int = 0
     errors: int = 0
     unavailable: int = 0
+    not_run: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -517,6 +518,7 @@ def run_suite(
     include_sweep: bool = True,
     progress: bool = False,
     log: Callable[[str], None] | None = print,
+    cached_only: bool = False,
 ) -> SuiteResult:
     """Run (or load from the cache) every selected cell, then write results, table and plots.
 
@@ -534,6 +536,9 @@ def run_suite(
         Engine progress bars.
     log : callable or None
         Receives one line per cell.
+    cached_only : bool
+        Run nothing: write the results and the report from the cached cells, and count
+        (and log) the others as not run.
     """
     from benchmarks.report import plot_budget_sweep, write_markdown
 
@@ -560,6 +565,10 @@ def run_suite(
             result.cache_hits += 1
             result.records.append(cached)
             say(f"[{index}/{len(cells)}] {_name(cell)}: cached")
+            continue
+        if cached_only:
+            result.not_run += 1
+            say(f"[{index}/{len(cells)}] {_name(cell)}: not run (--cached-only)")
             continue
         ok, reason = availability(spec)
         if not ok:
@@ -666,6 +675,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="benchmarks/results", help="output directory (default: benchmarks/results)")
     parser.add_argument("--throughput", action="store_true", help="also measure engine vs bare-forward throughput")
     parser.add_argument("--progress", action="store_true", help="show engine progress bars")
+    parser.add_argument("--cached-only", action="store_true", help="run nothing: report the cached cells of the selection")
     parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
     return parser.parse_args(argv)
 
@@ -714,6 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             include_main=not args.sweep_only,
             include_sweep=not args.no_sweep,
             progress=args.progress,
+            cached_only=args.cached_only,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -726,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        data_dir=config.data_dir, backend=config.backend)
         result.outputs["throughput"] = str(write_throughput(rows, Path(args.out)))
     print(f"{len(result.records)} cells: {result.ran} ran, {result.cache_hits} cached, {result.errors} errors, "
-          f"{result.unavailable} unavailable; {time.perf_counter() - started:.1f}s")
+          f"{result.unavailable} unavailable, {result.not_run} not run; {time.perf_counter() - started:.1f}s")
     for name, path in result.outputs.items():
         print(f"{name}: {path}")
     return 0

@@ -75,6 +75,19 @@ def test_smoke_config_end_to_end_and_cache(tmp_path, data_dir):
     assert [r["metric"] for r in second.records] == [r["metric"] for r in saved["records"]]
 
 
+def test_cached_only_reports_what_is_cached_and_runs_nothing(tmp_path, data_dir):
+    config = fake_config(data_dir, methods=("zero-shot",))
+    assert run_suite(config, tmp_path, log=None).ran == 1
+    wider = dataclasses.replace(config, methods=("zero-shot", "smc"), seeds=(0, 1))
+    lines = []
+    report = run_suite(wider, tmp_path, log=lines.append, cached_only=True)
+    assert (report.ran, report.cache_hits, report.not_run) == (0, 1, 3)
+    assert [(r["method"], r["seed"]) for r in report.records] == [("zero-shot", 0)]
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 1  # nothing new was run or written
+    assert sum("not run" in line for line in lines) == 3
+    assert "Zero-shot" in (tmp_path / "results.md").read_text()
+
+
 def boom(ctx):
     raise RuntimeError("boom in fit")
 
