@@ -660,7 +660,8 @@ def _complete(
     meter, config, task = setup.meter, setup.config, setup.task
     meter.budget = config.budget  # releases the calls kept back for the dev votes
     if config.likelihood_free and config.vote_smoothing == "dev":
-        dev_votes = predict_votes(posterior, setup.potential.with_args(setup.dev), setup.dev, task.num_classes, chunk_size=len(setup.dev))
+        dev_potential = setup.potential.with_args(setup.dev)
+        dev_votes = predict_votes(posterior, dev_potential, setup.dev, task.num_classes, chunk_size=len(setup.dev))
         config = dataclasses.replace(config, vote_smoothing=fit_vote_smoothing(dev_votes))
     inference_calls = meter.snapshot().to_dict()
     meter.budget = None  # evaluation is metered but not budgeted
