@@ -182,6 +182,13 @@ class MethodSpec:
         See :data:`BudgetPolicy`.
     requires : tuple of str
         ``"module:attribute"`` entries that must import for the method to run.
+    budget_free : bool
+        The method never reads its budget: it only stops for its own reasons, or when
+        the meter refuses a query. A run that stopped for its own reasons after ``c``
+        calls is therefore the same run under every budget of at least ``c`` calls,
+        and the suite reuses its record for those budgets (see
+        :func:`benchmarks.run.reusable_record`). Leave it ``False`` for a method that
+        sizes its work by the budget (iterations, budget shares).
     """
 
     name: str
@@ -191,6 +198,7 @@ class MethodSpec:
     fit: Callable[[MethodContext], MethodOutcome]
     budget: BudgetPolicy = "common"
     requires: tuple[str, ...] = ()
+    budget_free: bool = False
 
     def __post_init__(self) -> None:
         if self.budget not in ("common", "none") and not (isinstance(self.budget, int) and self.budget > 0):
@@ -490,20 +498,21 @@ def default_registry() -> dict[str, MethodSpec]:
                    _engine_fitter(_ensembles_engine), requires=(f"{cma}:PromptEnsembles",)),
         MethodSpec("abc-uniform", "ABC-SMC, uniform weights (paper)", "peer",
                    "Shen et al.'s ABC-SMC: label-only, paper tolerance schedule, uniform weights",
-                   _engine_fitter(_abc_engine("uniform", "paper"), likelihood_free=True), requires=(f"{smc}:ABCSMC",)),
+                   _engine_fitter(_abc_engine("uniform", "paper"), likelihood_free=True), requires=(f"{smc}:ABCSMC",),
+                   budget_free=True),
         MethodSpec("smc", "Tempered SMC", "ours",
                    "adaptive tempered SMC with random-walk moves (score likelihood)",
-                   _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",)),
+                   _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",), budget_free=True),
         MethodSpec("abc-smc", "ABC-SMC, importance weights", "ours",
                    "label-only ABC-SMC with correct importance weights, quantile schedule",
                    _engine_fitter(_abc_engine("importance", "quantile"), likelihood_free=True),
-                   requires=(f"{smc}:ABCSMC",)),
+                   requires=(f"{smc}:ABCSMC",), budget_free=True),
         MethodSpec("abc-mcmc", "Adaptive ABC-SMC (MCMC moves)", "ours",
                    "label-only adaptive ABC-SMC with random-walk MCMC moves",
                    _engine_fitter(_abc_mcmc_engine, likelihood_free=True),
-                   requires=(f"{smc}.abc_mcmc:AdaptiveABCSMC",)),
+                   requires=(f"{smc}.abc_mcmc:AdaptiveABCSMC",), budget_free=True),
         MethodSpec("eki", "EKI", "ours", "ensemble Kalman inversion, tempered to the posterior",
-                   _engine_fitter(_eki_engine), requires=(f"{kalman}:EKI",)),
+                   _engine_fitter(_eki_engine), requires=(f"{kalman}:EKI",), budget_free=True),
         MethodSpec("eks", "EKS", "ours", "ensemble Kalman sampler (ALDI correction)",
                    _engine_fitter(_eks_engine), requires=(f"{kalman}:EKS",)),
         MethodSpec("ensemble-mcmc", "Ensemble sampler (MCMC)", "ours",

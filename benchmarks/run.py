@@ -6,7 +6,9 @@ A cell's record is written to ``<out>/cells/<task>__<method>__seed<s>__budget<b>
 as soon as it finishes, where ``<hash>`` covers every setting the cell's result depends
 on (see :func:`cell_hash`); a rerun loads finished cells from there instead of running
 them, so a long suite can span several sittings, and changing a setting only reruns
-the cells it affects. A cell that raises is recorded with its error (and retried on the
+the cells it affects. A method that never reads its budget (``budget_free``) and stopped
+by itself after ``c`` calls made the same run under every budget of at least ``c``, so
+its record is reused for those budgets of the sweep (:func:`reusable_record`). A cell that raises is recorded with its error (and retried on the
 next run); a method whose engine cannot be imported is recorded as ``unavailable``.
 
 After the grid, ``<out>/results.json`` (every record), ``<out>/results.md`` (mean ± sd
@@ -67,6 +69,7 @@ __all__ = [
     "main",
     "main_cells",
     "preset",
+    "reusable_record",
     "run_cell",
     "run_suite",
     "sweep_cells",
@@ -487,6 +490,19 @@ class CellCache:
             return None
         return record if record.get("status") == "ok" else None
 
+    def siblings(self, cell: Cell, digest: str) -> list[dict[str, Any]]:
+        """The cached ``ok`` records of ``cell``'s task, method, seed and settings at other budgets."""
+        pattern = Cell(cell.task, cell.method, cell.seed, None).filename(digest).replace("__budgetnone__", "__budget*__")
+        records = []
+        for path in sorted(self.directory.glob(pattern)):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if record.get("status") == "ok" and record.get("budget") != cell.budget:
+                records.append(record)
+        return records
+
     def save(self, record: dict[str, Any], cell: Cell, digest: str) -> None:
         """Write ``record`` atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -496,12 +512,45 @@ class CellCache:
         tmp.replace(path)
 
 
+def reusable_record(cell: Cell, spec: MethodSpec, siblings: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """A sibling's record that is also ``cell``'s result, relabelled with ``cell.budget``; else ``None``.
+
+    A :attr:`~benchmarks.methods.MethodSpec.budget_free` method that stopped for its own
+    reasons (any engine status but ``budget_exhausted``) after ``c`` API calls made the
+    same queries, in the same order, as it would under any budget of at least ``c``
+    calls: the meter refused none of them, and nothing else read the budget. Its record
+    (same task, method, seed and settings) is then the record of every such budget. The
+    copy keeps the sibling's numbers and timings and names the budget it was run under
+    in ``"reused_from_budget"``.
+
+    Examples
+    --------
+    >>> from benchmarks.methods import default_registry
+    >>> smc = default_registry()["smc"]
+    >>> ran = {"budget": 2000, "engine_status": "finished", "api_calls": 576, "accuracy": 0.73}
+    >>> reusable_record(Cell("sst2", "smc", 0, 1000), smc, [ran])["reused_from_budget"]
+    2000
+    >>> reusable_record(Cell("sst2", "smc", 0, 500), smc, [ran]) is None  # 576 calls do not fit in 500
+    True
+    """
+    if not spec.budget_free or cell.budget is None:
+        return None
+    for record in siblings:
+        stopped_by_budget = record.get("engine_status") in ("budget_exhausted", "running")
+        calls = record.get("api_calls")
+        if not stopped_by_budget and isinstance(calls, int) and calls <= cell.budget and record.get("budget") is not None:
+            origin = record.get("reused_from_budget", record["budget"])
+            return {**record, "budget": cell.budget, "reused_from_budget": origin}
+    return None
+
+
 @dataclass
 class SuiteResult:
     """Records of a suite run and what happened to each cell."""
 
     records: list[dict[str, Any]]
     cache_hits: int = 0
+    reused: int = 0
     ran: int = 0
     errors: int = 0
     unavailable: int = 0
@@ -565,6 +614,14 @@ def run_suite(
             result.cache_hits += 1
             result.records.append(cached)
             say(f"[{index}/{len(cells)}] {_name(cell)}: cached")
+            continue
+        reused = reusable_record(cell, spec, cache.siblings(cell, digest))
+        if reused is not None:
+            cache.save(reused, cell, digest)
+            result.reused += 1
+            result.records.append(reused)
+            say(f"[{index}/{len(cells)}] {_name(cell)}: same run as budget {reused['reused_from_budget']} "
+                f"(stopped by itself at {reused['api_calls']} calls)")
             continue
         if cached_only:
             result.not_run += 1
@@ -736,7 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        n_tokens=config.n_tokens, intrinsic_dim=config.intrinsic_dim, k=config.k,
                        data_dir=config.data_dir, backend=config.backend)
         result.outputs["throughput"] = str(write_throughput(rows, Path(args.out)))
-    print(f"{len(result.records)} cells: {result.ran} ran, {result.cache_hits} cached, {result.errors} errors, "
+    print(f"{len(result.records)} cells: {result.ran} ran, {result.cache_hits} cached, {result.reused} reused, {result.errors} errors, "
           f"{result.unavailable} unavailable, {result.not_run} not run; {time.perf_counter() - started:.1f}s")
     for name, path in result.outputs.items():
         print(f"{name}: {path}")

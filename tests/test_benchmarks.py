@@ -88,6 +88,36 @@ def test_cached_only_reports_what_is_cached_and_runs_nothing(tmp_path, data_dir)
     assert "Zero-shot" in (tmp_path / "results.md").read_text()
 
 
+def _comparable(record):
+    """A record without what legitimately differs between two runs of the same fit."""
+    volatile = ("budget", "config", "fit_seconds", "evaluation_seconds", "wall_seconds", "api_usage", "reused_from_budget")
+    return {k: v for k, v in record.items() if k not in volatile}
+
+
+def test_a_budget_free_run_that_stopped_by_itself_serves_every_budget_it_fits(tmp_path, data_dir):
+    config = fake_config(data_dir, methods=("smc", "eki", "bbt"), budgets=(2000,))
+    first = run_suite(config, tmp_path / "suite", log=None)
+    used = {r["method"]: r["api_calls"] for r in first.records}
+    assert used["smc"] < 2000 and used["eki"] < 2000 and used["bbt"] == 2000  # SMC and EKI stop by themselves
+    smaller = max(used["smc"], used["eki"])
+    lines = []
+    again = run_suite(dataclasses.replace(config, budgets=(smaller,)), tmp_path / "suite", log=lines.append)
+    assert (again.reused, again.ran) == (2, 1)  # BBT reads its budget: it is rerun
+    reused = {r["method"]: r for r in again.records if "reused_from_budget" in r}
+    assert set(reused) == {"smc", "eki"} and all(r["reused_from_budget"] == 2000 for r in reused.values())
+    assert all(r["budget"] == smaller for r in reused.values()) and sum("same run as budget 2000" in x for x in lines) == 2
+
+    # the claim behind the reuse: running afresh at the smaller budget gives the same record
+    fresh = run_suite(dataclasses.replace(config, methods=("smc", "eki"), budgets=(smaller,)), tmp_path / "fresh", log=None)
+    assert fresh.ran == 2
+    for record in fresh.records:
+        assert _comparable(record) == _comparable(reused[record["method"]])
+
+    # a budget below the calls the run used is not the same run
+    tight = run_suite(dataclasses.replace(config, methods=("smc",), budgets=(used["smc"] - 1,)), tmp_path / "suite", log=None)
+    assert (tight.reused, tight.ran) == (0, 1)
+
+
 def boom(ctx):
     raise RuntimeError("boom in fit")
 
