@@ -136,8 +136,11 @@ def sweep_table(records: Sequence[Mapping[str, Any]], task: str, method_order: S
         cells = []
         for budget in budgets:
             ok = [r for r in mine if r["method"] == method and r["budget"] == budget and r.get("status") == "ok"]
-            cells.append(f"{_mean([r['metric'] for r in ok]):.3f} / {_mean([r['nll'] for r in ok]):.3f}" if ok else "—")
+            same = ok and all("reused_from_budget" in r for r in ok)
+            cells.append(f"{_mean([r['metric'] for r in ok]):.3f} / {_mean([r['nll'] for r in ok]):.3f}{' *' if same else ''}" if ok else "—")
         lines.append(_row([labels[method], *cells]))
+    if any("reused_from_budget" in r for r in mine):
+        lines += ["", "\\* the method stopped by itself under this budget: the same run as at another budget (`reused_from_budget`)."]
     return "\n".join(lines) + "\n"
 
 

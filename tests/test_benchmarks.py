@@ -222,7 +222,10 @@ def test_markdown_report_separates_main_table_and_sweep(tmp_path):
     main_part = report.split("### Budget sweep")[0]
     assert "| SMC | 2000 |" in main_part and "| SMC | 250 |" not in main_part and "| BBT8K | 8000 |" in main_part
     assert "| SMC | 0.702 / 0.550 | 0.720 / 0.550 |" in report
-    assert "sst2 → mrpc" in report
+    assert "sst2 → mrpc" in report and "stopped by itself" not in report
+    same = [{**r, "budget": 4000, "reused_from_budget": 2000} for r in records if r["budget"] == 2000]
+    swept = markdown_report(records + same, config)
+    assert "| SMC | 0.702 / 0.550 | 0.720 / 0.550 | 0.720 / 0.550 * |" in swept and "stopped by itself" in swept
     path = plot_budget_sweep(records + [synthetic("sst2", "zero", 0, 0.6, budget=None, policy="none")], tmp_path / "sweep.png")
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
 
