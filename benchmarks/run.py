@@ -669,6 +669,7 @@ def _base_record(config: BenchmarkConfig, cell: Cell, spec: MethodSpec, digest: 
         "config": config.name,
         "config_hash": digest,
         "precision": config.precision,
+        "torch_threads": torch.get_num_threads(),
         "model": config.model or ("all-MiniLM-L6-v2 (embedded)" if config.backend == "encoder" else config.backend),
     }
 

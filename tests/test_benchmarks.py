@@ -98,6 +98,7 @@ def test_a_budget_free_run_that_stopped_by_itself_serves_every_budget_it_fits(tm
     config = fake_config(data_dir, methods=("smc", "eki", "bbt"), budgets=(2000,))
     first = run_suite(config, tmp_path / "suite", log=None)
     used = {r["method"]: r["api_calls"] for r in first.records}
+    assert all(r["torch_threads"] == torch.get_num_threads() for r in first.records)
     assert used["smc"] < 2000 and used["eki"] < 2000 and used["bbt"] == 2000  # SMC and EKI stop by themselves
     smaller = max(used["smc"], used["eki"])
     lines = []
