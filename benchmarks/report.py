@@ -132,13 +132,22 @@ def sweep_table(records: Sequence[Mapping[str, Any]], task: str, method_order: S
         _row(["Method", *[f"{b} calls" for b in budgets]]),
         _row(["---"] + ["---:"] * len(budgets)),
     ]
+    groups = {
+        (method, budget): [r for r in mine if r["method"] == method and r["budget"] == budget and r.get("status") == "ok"]
+        for method in methods
+        for budget in budgets
+    }
+    uneven = len({len(ok) for ok in groups.values() if ok}) > 1  # then say how many seeds each cell averages
     for method in methods:
         cells = []
         for budget in budgets:
-            ok = [r for r in mine if r["method"] == method and r["budget"] == budget and r.get("status") == "ok"]
-            same = ok and all("reused_from_budget" in r for r in ok)
-            cells.append(f"{_mean([r['metric'] for r in ok]):.3f} / {_mean([r['nll'] for r in ok]):.3f}{' *' if same else ''}" if ok else "—")
+            ok = groups[(method, budget)]
+            same = " *" if ok and all("reused_from_budget" in r for r in ok) else ""
+            seeds = f" ({len(ok)})" if uneven else ""
+            cells.append(f"{_mean([r['metric'] for r in ok]):.3f} / {_mean([r['nll'] for r in ok]):.3f}{seeds}{same}" if ok else "—")
         lines.append(_row([labels[method], *cells]))
+    if uneven:
+        lines += ["", "(n): the number of seeds a cell averages, where cells differ."]
     if any("reused_from_budget" in r for r in mine):
         lines += ["", "\\* the method stopped by itself under this budget: the same run as at another budget (`reused_from_budget`)."]
     return "\n".join(lines) + "\n"

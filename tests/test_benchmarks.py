@@ -227,6 +227,8 @@ def test_markdown_report_separates_main_table_and_sweep(tmp_path):
     same = [{**r, "budget": 4000, "reused_from_budget": 2000} for r in records if r["budget"] == 2000]
     swept = markdown_report(records + same, config)
     assert "| SMC | 0.702 / 0.550 | 0.720 / 0.550 | 0.720 / 0.550 * |" in swept and "stopped by itself" in swept
+    one_seed = markdown_report(records + same[:1], config)
+    assert "| SMC | 0.702 / 0.550 (2) | 0.720 / 0.550 (2) | 0.720 / 0.500 (1) * |" in one_seed and "(n): the number of seeds" in one_seed
     path = plot_budget_sweep(records + [synthetic("sst2", "zero", 0, 0.6, budget=None, policy="none")], tmp_path / "sweep.png")
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
 
