@@ -8,8 +8,9 @@ on (see :func:`cell_hash`); a rerun loads finished cells from there instead of r
 them, so a long suite can span several sittings, and changing a setting only reruns
 the cells it affects. A method that never reads its budget (``budget_free``) and stopped
 by itself after ``c`` calls made the same run under every budget of at least ``c``, so
-its record is reused for those budgets of the sweep (:func:`reusable_record`). A cell that raises is recorded with its error (and retried on the
-next run); a method whose engine cannot be imported is recorded as ``unavailable``.
+its record is reused for those budgets (:func:`reusable_record`). A cell that raises is
+recorded with its error (and retried on the next run); a method whose engine cannot be
+imported is recorded as ``unavailable``.
 
 After the grid, ``<out>/results.json`` (every record), ``<out>/results.md`` (mean ± sd
 over seeds per task × method, plus the budget sweep) and ``<out>/budget_sweep_<task>.png``
