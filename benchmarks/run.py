@@ -588,7 +588,8 @@ def run_suite(
         Receives one line per cell.
     cached_only : bool
         Run nothing: write the results and the report from the cached cells, and count
-        (and log) the others as not run.
+        (and log) the others as not run. Records that :func:`reusable_record` derives
+        from cached cells are still filled in (and saved), since that runs nothing.
     """
     from benchmarks.report import plot_budget_sweep, write_markdown
 
