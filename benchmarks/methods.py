@@ -149,6 +149,10 @@ class MethodOutcome:
     vote_smoothing : float or None
         Dirichlet smoothing of the votes fitted on the dev split (label-only methods with
         the ``vote_smoothing="dev"`` option); ``None``: the configuration's fixed value.
+    fitted : Posterior, Tensor or None
+        What ``predictor`` predicts with: the (thinned) prediction posterior of an engine
+        method, or fixed prompts ``[S, n, d]``. :mod:`benchmarks.checkpoint` saves it so
+        that a cell killed during evaluation need not be fitted again.
     """
 
     predictor: Predictor
@@ -159,6 +163,7 @@ class MethodOutcome:
     likelihood_free: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
     vote_smoothing: float | None = None
+    fitted: Posterior | torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -272,14 +277,8 @@ def posterior_outcome(
     if fit_smoothing:
         dev_votes = predict_votes(used, potential.with_args(ctx.dev), ctx.dev, num_classes, chunk_size=len(ctx.dev))
         smoothing = fit_vote_smoothing(dev_votes)
-
-    def predictor(batch: EncodedBatch) -> EnsemblePredictions:
-        if likelihood_free:
-            return predict_votes(used, potential.with_args(batch), batch, num_classes)
-        return predict(used, potential.with_args(batch), batch)
-
     return MethodOutcome(
-        predictor=predictor,
+        predictor=posterior_predictor(ctx, used, potential, likelihood_free),
         status=posterior.status,
         num_samples=posterior.num_samples,
         prediction_samples=used.num_samples,
@@ -287,7 +286,20 @@ def posterior_outcome(
         likelihood_free=likelihood_free,
         summary=_scalars(posterior.summary),
         vote_smoothing=smoothing,
+        fitted=used,
     )
+
+
+def posterior_predictor(ctx: MethodContext, used: Posterior, potential: Potential, likelihood_free: bool) -> Predictor:
+    """Ensemble predictions of the samples of ``used``: scores, or votes if ``likelihood_free``."""
+    num_classes = ctx.task.num_classes
+
+    def predictor(batch: EncodedBatch) -> EnsemblePredictions:
+        if likelihood_free:
+            return predict_votes(used, potential.with_args(batch), batch, num_classes)
+        return predict(used, potential.with_args(batch), batch)
+
+    return predictor
 
 
 def prompt_predictor(backend: PromptBlackBox, prompts: torch.Tensor) -> Predictor:
@@ -355,7 +367,7 @@ def _options(ctx: MethodContext, defaults: dict[str, Any]) -> dict[str, Any]:
 def fit_zero_shot(ctx: MethodContext) -> MethodOutcome:
     """No prompt at all: a zero-length prompt (the model's plain sentence embedding)."""
     zero = torch.zeros(1, 0, ctx.backend.embed_dim)
-    return MethodOutcome(prompt_predictor(ctx.backend, zero), "finished", 1, 1, 1.0)
+    return MethodOutcome(prompt_predictor(ctx.backend, zero), "finished", 1, 1, 1.0, fitted=zero)
 
 
 def fit_whitebox(ctx: MethodContext) -> MethodOutcome:
@@ -373,7 +385,8 @@ def fit_whitebox(ctx: MethodContext) -> MethodOutcome:
         "forward_passes": result.forward_passes,
         "backward_passes": result.backward_passes,
     }
-    return MethodOutcome(prompt_predictor(ctx.backend, result.prompt.unsqueeze(0)), result.status, 1, 1, 1.0, summary=summary)
+    prompts = result.prompt.detach().unsqueeze(0)
+    return MethodOutcome(prompt_predictor(ctx.backend, prompts), result.status, 1, 1, 1.0, summary=summary, fitted=prompts)
 
 
 def _bbt_engine(ctx: MethodContext, potential: Potential) -> Engine:

@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -47,6 +48,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.checkpoint import load_fit, save_fit
 from benchmarks.methods import MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget
 from bayesprompt.data import TASKS, balanced_subsample, few_shot_split, get_task, load_split
 from bayesprompt.data.task import Example, Task
@@ -366,8 +368,15 @@ def run_cell(
     spec: MethodSpec,
     resources: Resources,
     progress: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Fit ``spec`` in ``cell`` and evaluate it; return the cell's record (raises on failure)."""
+    """Fit ``spec`` in ``cell`` and evaluate it; return the cell's record (raises on failure).
+
+    With ``checkpoint`` (a folder) the fitted method is saved there before evaluation
+    (:mod:`benchmarks.checkpoint`); if that folder already holds a finished fit, it is
+    evaluated without fitting again and the record says ``resumed_fit``. The caller
+    removes the folder once the record is saved.
+    """
     started = time.perf_counter()
     task = get_task(cell.task)
     meter = Meter(cell.budget)
@@ -390,13 +399,21 @@ def run_cell(
         options=config.options_for(cell.method),
         progress=progress,
     )
-    with torch.random.fork_rng(devices=[]):  # engines use their own generators; this pins anything else
-        torch.manual_seed(cell.seed)
-        fit_started = time.perf_counter()
-        outcome = spec.fit(ctx)
-        fit_seconds = time.perf_counter() - fit_started
-    inference_calls = meter.snapshot().to_dict()
+    restored = load_fit(ctx, checkpoint) if checkpoint is not None else None
+    if restored is not None:
+        outcome, fit_info = restored
+        inference_calls, fit_seconds = fit_info["api_usage"], fit_info["fit_seconds"]
+    else:
+        with torch.random.fork_rng(devices=[]):  # engines use their own generators; this pins anything else
+            torch.manual_seed(cell.seed)
+            fit_started = time.perf_counter()
+            outcome = spec.fit(ctx)
+            fit_seconds = time.perf_counter() - fit_started
+        inference_calls = meter.snapshot().to_dict()
+        if checkpoint is not None and outcome.fitted is not None:
+            save_fit(outcome, checkpoint, {"api_usage": inference_calls, "fit_seconds": fit_seconds})
     meter.budget = None  # evaluation is metered, not budgeted
+    calls_before_evaluation = meter.calls
     eval_started = time.perf_counter()
     evaluation = evaluate(config, task, outcome, resources, backend)
     eval_seconds = time.perf_counter() - eval_started
@@ -406,7 +423,7 @@ def run_cell(
         **evaluation,
         "api_calls": inference_calls["calls"],
         "api_usage": inference_calls,
-        "evaluation_calls": meter.calls - inference_calls["calls"],
+        "evaluation_calls": meter.calls - calls_before_evaluation,
         "fit_seconds": fit_seconds,
         "evaluation_seconds": eval_seconds,
         "wall_seconds": time.perf_counter() - started,
@@ -416,6 +433,7 @@ def run_cell(
         "likelihood_free": outcome.likelihood_free,
         "vote_smoothing": vote_smoothing(config, outcome) if outcome.likelihood_free else None,
         "summary": outcome.summary,
+        **({"resumed_fit": True} if restored is not None else {}),
     }
 
 
@@ -490,6 +508,10 @@ class CellCache:
         except (OSError, json.JSONDecodeError):
             return None
         return record if record.get("status") == "ok" else None
+
+    def checkpoint(self, cell: Cell, digest: str) -> Path:
+        """The folder where ``cell``'s fit waits for its evaluation (see :mod:`benchmarks.checkpoint`)."""
+        return self.directory / f"{cell.filename(digest).removesuffix('.json')}.fit"
 
     def siblings(self, cell: Cell, digest: str) -> list[dict[str, Any]]:
         """The cached ``ok`` records of ``cell``'s task, method, seed and settings at other budgets."""
@@ -636,16 +658,19 @@ def run_suite(
             say(f"[{index}/{len(cells)}] {_name(cell)}: unavailable ({reason})")
             continue
         try:
-            record = {**base, **run_cell(config, cell, spec, resources, progress)}
+            record = {**base, **run_cell(config, cell, spec, resources, progress, checkpoint=cache.checkpoint(cell, digest))}
             result.ran += 1
+            resumed = " (fit from checkpoint)" if record.get("resumed_fit") else ""
             say(f"[{index}/{len(cells)}] {_name(cell)}: {record['metric_name']} {record['metric']:.4f}, "
-                f"NLL {record['nll']:.4f}, {record['api_calls']} calls, {record['wall_seconds']:.1f}s")
+                f"NLL {record['nll']:.4f}, {record['api_calls']} calls, {record['wall_seconds']:.1f}s{resumed}")
         except Exception as err:  # noqa: BLE001 - a failing cell must not stop the suite
             result.errors += 1
             record = {**base, "status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=8)}
             say(f"[{index}/{len(cells)}] {_name(cell)}: ERROR {record['error']}")
         record = _finite(record)
         cache.save(record, cell, digest)
+        if record["status"] == "ok":  # a failed evaluation keeps its fit for the next run
+            shutil.rmtree(cache.checkpoint(cell, digest), ignore_errors=True)
         result.records.append(record)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"

@@ -46,7 +46,7 @@ def fake_config(data_dir: str, **changes) -> BenchmarkConfig:
 # ---------------------------------------------------------------------- doctests
 
 
-@pytest.mark.parametrize("name", ["methods", "run", "report", "whitebox", "throughput"])
+@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput"])
 def test_module_doctests(name):
     module = importlib.import_module(f"benchmarks.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
@@ -117,6 +117,50 @@ def test_a_budget_free_run_that_stopped_by_itself_serves_every_budget_it_fits(tm
     # a budget below the calls the run used is not the same run
     tight = run_suite(dataclasses.replace(config, methods=("smc",), budgets=(used["smc"] - 1,)), tmp_path / "suite", log=None)
     assert (tight.reused, tight.ran) == (0, 1)
+
+
+def test_a_cell_killed_during_evaluation_resumes_from_its_fit(tmp_path, data_dir, monkeypatch):
+    import benchmarks.run as bench_run
+
+    methods = ("zero-shot", "whitebox", "smc", "abc-mcmc")  # fixed prompts, scores, and votes with dev smoothing
+    fits: list[str] = []
+    registry = default_registry()
+    for name in methods:
+        spec = registry[name]
+        registry[name] = dataclasses.replace(spec, fit=lambda ctx, fit=spec.fit, name=name: fits.append(name) or fit(ctx))
+    config = fake_config(data_dir, methods=methods)
+    real_evaluate = bench_run.evaluate
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed during evaluation")
+
+    monkeypatch.setattr(bench_run, "evaluate", dies)
+    killed = run_suite(config, tmp_path / "suite", registry, log=None)
+    assert killed.errors == len(methods) and fits == list(methods)
+    assert len(list((tmp_path / "suite" / "cells").glob("*.fit/outcome.json"))) == len(methods)
+
+    monkeypatch.setattr(bench_run, "evaluate", real_evaluate)
+    lines: list[str] = []
+    resumed = run_suite(config, tmp_path / "suite", registry, log=lines.append)
+    assert resumed.ran == len(methods) and fits == list(methods)  # evaluated without fitting again
+    assert all(r["resumed_fit"] for r in resumed.records) and sum("fit from checkpoint" in x for x in lines) == len(methods)
+    assert not list((tmp_path / "suite" / "cells").glob("*.fit"))  # removed once the records are saved
+
+    fresh = run_suite(config, tmp_path / "fresh", registry, log=None)
+    for before, after in zip(fresh.records, resumed.records, strict=True):
+        assert "resumed_fit" not in before and after["api_calls"] == before["api_calls"]
+        assert _comparable(after) == {**_comparable(before), "resumed_fit": True}
+    assert min(r["api_calls"] for r in resumed.records if r["method"] in ("smc", "abc-mcmc")) > 0
+
+
+def test_a_corrupt_fit_checkpoint_is_reported_by_file(tmp_path, data_dir):
+    config = fake_config(data_dir, methods=("smc",))
+    cell = main_cells(config, default_registry())[0]
+    folder = tmp_path / "cells" / f"{cell.filename(cell_hash(config, cell)).removesuffix('.json')}.fit"
+    folder.mkdir(parents=True)
+    (folder / "outcome.json").write_text("{not json")
+    result = run_suite(config, tmp_path, log=None)
+    assert result.errors == 1 and "outcome.json is not valid JSON" in result.records[0]["error"]
 
 
 def boom(ctx):
