@@ -135,7 +135,7 @@ class FakeBlackBox(PromptBlackBox):
         Prompt width ``d``.
     seed : int
         Seed of ``W`` and of the embedding table.
-    meter, precision, max_sequences
+    meter, precision, max_sequences, length_bucket
         As in :class:`~bayesprompt.lm.base.PromptBlackBox`.
 
     Examples
@@ -156,8 +156,9 @@ class FakeBlackBox(PromptBlackBox):
         meter: Meter | None = None,
         precision: str = "fp32",
         max_sequences: int = 512,
+        length_bucket: int | None = 64,
     ) -> None:
-        super().__init__(task, meter, precision, max_sequences)
+        super().__init__(task, meter, precision, max_sequences, length_bucket)
         self.embed_dim = embed_dim
         generator = torch.Generator().manual_seed(seed)
         self.weight = torch.randn(embed_dim, task.num_classes, generator=generator)

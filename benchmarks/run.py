@@ -146,6 +146,12 @@ class BenchmarkConfig:
         uniform ABC keeps the fixed ``vote_smoothing``).
     data_dir : str or None
         Data root (default ``$BAYESPROMPT_DATA``); not part of the cache key.
+    length_bucket : int or None
+        The backends' ``length_bucket`` (see :class:`~bayesprompt.lm.base.PromptBlackBox`).
+        ``None`` (the default, and what every cached cell so far used) scores test sets
+        in contiguous chunks; an int sorts them by length into chunks of that many
+        examples (about 3x faster on AG News in bf16, equal in fp32, last-bit differences
+        in bf16). In the cache key only when set, so the cached cells stay valid.
     """
 
     name: str = "full"
@@ -176,6 +182,7 @@ class BenchmarkConfig:
         ("abc-mcmc", {"vote_smoothing": "dev"}),
     )
     data_dir: str | None = None
+    length_bucket: int | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -190,6 +197,8 @@ class BenchmarkConfig:
                 raise ValueError(f"budgets must be positive numbers of API calls, got {budget}")
         if not self.seeds:
             raise ValueError("seeds must not be empty")
+        if self.length_bucket is not None and int(self.length_bucket) < 1:
+            raise ValueError(f"length_bucket must be None or >= 1, got {self.length_bucket}")
 
     def options_for(self, method: str) -> dict[str, Any]:
         """The configured overrides of ``method`` (empty if none)."""
@@ -256,6 +265,7 @@ def cell_hash(config: BenchmarkConfig, cell: Cell) -> str:
         k: v
         for k, v in dataclasses.asdict(config).items()
         if k not in ("name", "tasks", "methods", "seeds", "budgets", "sweep_tasks", "sweep_budgets", "ood_pairs", "method_options", "data_dir")
+        and not (k == "length_bucket" and v is None)  # added after the first cells: None keeps their keys
     }
     payload = {
         "version": BENCHMARK_VERSION,
@@ -355,8 +365,10 @@ class Resources:
         if self.config.backend == "fake":
             from bayesprompt.testing import FakeBlackBox
 
-            return FakeBlackBox(task, embed_dim=16, precision=self.config.precision)
-        return load_backend("encoder", task, model_path=self.config.model, precision=self.config.precision)
+            return FakeBlackBox(task, embed_dim=16, precision=self.config.precision, length_bucket=self.config.length_bucket)
+        return load_backend(
+            "encoder", task, model_path=self.config.model, precision=self.config.precision, length_bucket=self.config.length_bucket
+        )
 
 
 # ---------------------------------------------------------------------- one cell
@@ -756,6 +768,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep-only", action="store_true", help="run only the budget sweep")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="forward precision of every method")
     parser.add_argument("--test-size", type=int, help="class-balanced test subsample (0: the whole test set)")
+    parser.add_argument("--length-bucket", type=int, metavar="N",
+                        help="score test sets sorted by length in chunks of N examples (faster; a different cache key; "
+                             "default: contiguous chunks, as every cached cell so far)")
     parser.add_argument("--data-dir", help="data root (default: $BAYESPROMPT_DATA)")
     parser.add_argument("--out", default="benchmarks/results", help="output directory (default: benchmarks/results)")
     parser.add_argument("--throughput", action="store_true", help="also measure engine vs bare-forward throughput")
@@ -777,6 +792,8 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         overrides["precision"] = args.precision
     if args.test_size is not None:
         overrides["test_size"] = None if args.test_size == 0 else args.test_size
+    if args.length_bucket is not None:
+        overrides["length_bucket"] = args.length_bucket
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     return dataclasses.replace(config, **overrides)

@@ -210,6 +210,23 @@ def test_grid_and_cache_keys():
     assert cell_hash(own_option, cell) != cell_hash(config, cell)
     assert cell_hash(dataclasses.replace(config, precision="fp32"), cell) != cell_hash(config, cell)
     assert cell_hash(dataclasses.replace(config, seeds=(5,), data_dir="/elsewhere"), cell) == cell_hash(config, cell)
+    assert cell_hash(dataclasses.replace(config, length_bucket=64), cell) != cell_hash(config, cell)
+
+
+def test_the_committed_cells_are_found_by_the_current_cache_keys():
+    """Every committed cell is keyed by the ``full`` preset as the code computes it today.
+
+    Fails when a code change moves the keys (a new config field in the key, a
+    ``BENCHMARK_VERSION`` bump): the committed results would silently stop being used.
+    """
+    committed = sorted((REPO / "benchmarks" / "results" / "cells").glob("*.json"))
+    if not committed:
+        pytest.skip("no committed benchmark cells")
+    config = preset("full")
+    for path in committed:
+        task, method, seed, budget, digest = path.stem.split("__")
+        cell = Cell(task, method, int(seed.removeprefix("seed")), None if budget == "budgetnone" else int(budget.removeprefix("budget")))
+        assert cell.filename(cell_hash(config, cell)) == path.name
 
 
 def test_command_line_lists_methods_and_rejects_bad_options(capsys):
@@ -218,6 +235,8 @@ def test_command_line_lists_methods_and_rejects_bad_options(capsys):
     assert all(name in listed for name in default_registry())
     assert main(["--config", "smoke", "--precision", "fp32", "--budgets", "0"]) == 2
     assert "budgets must be positive" in capsys.readouterr().err
+    assert main(["--config", "smoke", "--length-bucket", "0"]) == 2
+    assert "length_bucket must be None or >= 1, got 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- report

@@ -24,8 +24,8 @@ class FakeBox(PromptBlackBox):
 
     embed_dim = 4
 
-    def __init__(self, meter: Meter | None = None, max_sequences: int = 512) -> None:
-        super().__init__(TASK, meter=meter, max_sequences=max_sequences)
+    def __init__(self, meter: Meter | None = None, max_sequences: int = 512, length_bucket: int | None = 64) -> None:
+        super().__init__(TASK, meter=meter, max_sequences=max_sequences, length_bucket=length_bucket)
         self.passes = 0
 
     def encode(self, examples: Sequence[Example], template=None) -> EncodedBatch:
@@ -106,6 +106,26 @@ def test_chunking_matches_one_pass():
     torch.testing.assert_close(small.score(prompts, batch), big.score(prompts, batch))
     assert small.passes > big.passes == 1
     assert small.meter.snapshot() == big.meter.snapshot()
+
+
+def test_large_batches_run_sorted_by_length_in_trimmed_chunks():
+    examples = [Example(" ".join(["w"] * n), n % 3) for n in (5, 1, 9, 2, 7, 3, 8, 4, 6)]
+    plain, bucketed = FakeBox(length_bucket=None), FakeBox(max_sequences=6, length_bucket=2)
+    chunks = []
+    score_chunk = bucketed._score_chunk
+    bucketed._score_chunk = lambda p, b: chunks.append((p.shape[0], len(b), b.input_ids.shape[1])) or score_chunk(p, b)
+    batch = plain.encode(examples)
+    prompts = torch.randn(7, 2, 4)
+    torch.testing.assert_close(bucketed.score(prompts, batch), plain.score(prompts, batch), rtol=0, atol=0)  # batch order
+    # sorted lengths 1..9 in chunks of 2 examples, each padded to its own longest; 6 // 2 = 3 prompts a pass
+    assert [width for _, _, width in chunks[:5]] == [2, 4, 6, 8, 9]
+    assert [(p, n) for p, n, _ in chunks[:5]] == [(3, 2)] * 4 + [(3, 1)] and [p for p, _, _ in chunks[-5:]] == [1] * 5
+    assert len(chunks) == 15 and bucketed.meter.snapshot() == plain.meter.snapshot()
+    within = FakeBox(length_bucket=9)  # a batch no larger than the bucket runs as it is
+    within.score(prompts, batch)
+    assert within.passes == 1
+    with pytest.raises(ValueError, match="length_bucket must be None or an int >= 1, got 0"):
+        FakeBox(length_bucket=0)
 
 
 def test_label_only_returns_argmax_and_shares_meter():

@@ -97,6 +97,17 @@ def test_same_scores_whatever_the_padding(box):
     torch.testing.assert_close(short[:, 0], long[:, 0], rtol=0, atol=PADDING_ATOL)
 
 
+def test_length_sorted_chunks_give_the_batch_order_scores(box, monkeypatch):
+    examples = [Example(" ".join(["good"] * n), n % 2) for n in (9, 2, 14, 5, 1, 11, 7)]
+    batch = box.encode(examples)
+    prompts = random_prompts(box, 3, 4, seed=6)
+    monkeypatch.setattr(box, "length_bucket", None)
+    contiguous = box.score(prompts, batch)
+    monkeypatch.setattr(box, "length_bucket", 2)
+    sorted_chunks = box.score(prompts, batch)
+    torch.testing.assert_close(sorted_chunks, contiguous, rtol=0, atol=PADDING_ATOL)
+
+
 def test_errors_are_precise_and_uncharged(box, batch):
     before = box.meter.snapshot()
     with pytest.raises(ValueError, match="prompt width 10 does not match"):

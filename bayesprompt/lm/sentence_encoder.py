@@ -76,6 +76,9 @@ class SentenceEncoderBlackBox(PromptBlackBox):
         Forward-pass precision (bf16 autocast); scores are float32 either way.
     max_sequences : int
         Upper bound on sequences per forward pass.
+    length_bucket : int or None
+        Sort large batches by length into chunks of this many examples (see
+        :class:`~bayesprompt.lm.base.PromptBlackBox`); ``None``: contiguous chunks.
     scale : float
         Multiplies the cosine similarities to give class logits. Cosine gaps between
         classes are ~0.1, so useful values are ~20-50; see :data:`DEFAULT_SCALE` for how
@@ -120,8 +123,9 @@ class SentenceEncoderBlackBox(PromptBlackBox):
         max_sequences: int = 512,
         scale: float = DEFAULT_SCALE,
         max_length: int = 128,
+        length_bucket: int | None = 64,
     ) -> None:
-        super().__init__(task, meter=meter, precision=precision, max_sequences=max_sequences)
+        super().__init__(task, meter=meter, precision=precision, max_sequences=max_sequences, length_bucket=length_bucket)
         path = str(model_path) if model_path is not None else default_model_path()
         self.model_path = path
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
