@@ -84,7 +84,8 @@ class MethodContext:
     projection : RandomProjection
         The fixed random projection ``z -> prompt`` of the engine methods.
     train, dev : EncodedBatch
-        Few-shot training and dev batches.
+        Few-shot training and dev batches (``train`` holds the dev examples too for a
+        method with ``conditions_on_dev``).
     budget : int or None
         API-call budget of this method in this cell (``None``: unbudgeted).
     seed : int
@@ -194,6 +195,11 @@ class MethodSpec:
         and the suite reuses its record for those budgets (see
         :func:`benchmarks.run.reusable_record`). Leave it ``False`` for a method that
         sizes its work by the budget (iterations, budget shares).
+    conditions_on_dev : bool
+        The likelihood sees the dev split too: ``MethodContext.train`` holds train and
+        dev examples (each call scores both). A Bayesian method has no use for a
+        held-out split of its own, while BBT and white-box tuning spend the dev split on
+        selection and early stopping; this puts the same labels into the posterior.
     """
 
     name: str
@@ -204,6 +210,7 @@ class MethodSpec:
     budget: BudgetPolicy = "common"
     requires: tuple[str, ...] = ()
     budget_free: bool = False
+    conditions_on_dev: bool = False
 
     def __post_init__(self) -> None:
         if self.budget not in ("common", "none") and not (isinstance(self.budget, int) and self.budget > 0):
@@ -516,6 +523,9 @@ def default_registry() -> dict[str, MethodSpec]:
         MethodSpec("smc", "Tempered SMC", "ours",
                    "adaptive tempered SMC with random-walk moves (score likelihood)",
                    _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",), budget_free=True),
+        MethodSpec("smc-dev", "Tempered SMC, train + dev", "ours",
+                   "tempered SMC conditioned on the training and dev examples (no held-out selection)",
+                   _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",), budget_free=True, conditions_on_dev=True),
         MethodSpec("abc-smc", "ABC-SMC, importance weights", "ours",
                    "label-only ABC-SMC with correct importance weights, quantile schedule",
                    _engine_fitter(_abc_engine("importance", "quantile"), likelihood_free=True),

@@ -400,7 +400,7 @@ def run_cell(
         task=task,
         backend=backend,
         projection=resources.projection(task, backend),
-        train=backend.encode(train_examples),
+        train=backend.encode([*train_examples, *dev_examples] if spec.conditions_on_dev else train_examples),
         dev=backend.encode(dev_examples),
         budget=cell.budget,
         seed=cell.seed,

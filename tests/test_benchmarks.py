@@ -360,6 +360,15 @@ def test_every_registered_method_runs_on_fake_box(tmp_path, data_dir):
             assert record["api_calls"] <= 96
 
 
+def test_smc_dev_conditions_on_the_train_and_dev_examples(tmp_path, data_dir):
+    config = fake_config(data_dir, methods=("smc", "smc-dev"), budgets=(200,), num_particles=8)
+    records = {r["method"]: r for r in run_suite(config, tmp_path, log=None).records}
+    examples_per_call = {m: r["api_usage"]["sequences"] / r["api_usage"]["calls"] for m, r in records.items()}
+    classes = 2  # the smoke task, sst2
+    assert examples_per_call == {"smc": config.k * classes, "smc-dev": (config.k + config.dev_k) * classes}
+    assert records["smc-dev"]["config_hash"] != records["smc"]["config_hash"]
+
+
 def test_label_only_method_fits_its_vote_smoothing_on_dev_within_the_budget(tmp_path, data_dir):
     """``vote_smoothing="dev"``: the engine leaves one call per prediction sample for the dev votes."""
     base = fake_config(data_dir, methods=("abc-mcmc", "abc-uniform"), budgets=(96,), num_particles=8)
