@@ -253,11 +253,11 @@ def linear_gaussian(meter: Meter | None = None) -> LinearGaussian:
     return LinearGaussian.random(dim=3, num_obs=15, seed=1, meter=meter)
 
 
-@pytest.mark.parametrize("proposal", ["full", "diag"])
-def test_linear_gaussian_posterior_and_evidence(proposal):
+@pytest.mark.parametrize("proposal, kernel", [("full", "rw"), ("diag", "rw"), ("auto", "pcn")])
+def test_linear_gaussian_posterior_and_evidence(proposal, kernel):
     problem = linear_gaussian()
     num_particles = 2000
-    engine = TemperedSMC(num_particles=num_particles, proposal=proposal)
+    engine = TemperedSMC(num_particles=num_particles, proposal=proposal, kernel=kernel)
     post = run(engine, Potential(problem.model), seed=11, meter=problem.meter, progress=False)
     assert post.status == Status.FINISHED and post.summary["final_beta"] == 1.0
     z = post.samples["z"]
@@ -441,10 +441,11 @@ def test_max_stages():
     assert len(post.diagnostics) == 2 and post.summary["final_beta"] < 1.0
 
 
-def test_determinism_and_resume():
+@pytest.mark.parametrize("kernel", ["rw", "pcn"])
+def test_determinism_and_resume(kernel):
     problem = peaked_problem()
     potential = Potential(problem.model)
-    engine = TemperedSMC(num_particles=64, resampling="residual")
+    engine = TemperedSMC(num_particles=64, resampling="residual", kernel=kernel)
     states = []
     first = run(engine, potential, seed=3, progress=False, callback=lambda s, i: states.append(s))
     second = run(engine, potential, seed=3, progress=False)
@@ -484,6 +485,8 @@ def test_states_are_immutable_and_steps_pure():
         ({"move_probability": 1.0}, "move_probability"),
         ({"target_acceptance": 0.0}, "target_acceptance"),
         ({"max_stages": 0}, "max_stages"),
+        ({"kernel": "hmc"}, "kernel must be 'rw' or 'pcn', got 'hmc'"),
+        ({"kernel": "pcn", "target_acceptance": None}, "kernel='pcn' adapts its step"),
     ],
 )
 def test_engine_validates_parameters(kwargs, match):

@@ -14,7 +14,10 @@ coordinates. One :meth:`TemperedSMC.step` is one *stage*:
 4. **Resample** (always, with the chosen scheme): the population is equally weighted at
    the start of every stage, so the ESS of the incremental weights *is* the conditional
    ESS that the solver controls, and the evidence update needs no stored weights.
-5. **Move**: random-walk Metropolis on ``log p(u) + beta' log L(u)``. Each move scores
+5. **Move**: Metropolis on ``log p(u) + beta' log L(u)`` with random-walk proposals
+   (``kernel="rw"``) or preconditioned Crank-Nicolson ones (``kernel="pcn"``, reversible
+   w.r.t. an isotropic Gaussian fitted to the prior draws, with the matching correction
+   in the acceptance ratio; its step is adapted after every move). Each move scores
    the whole population in one ``potential.evaluate`` call (``N`` API calls); accepted
    particles keep the new log likelihoods, rejected ones their cached ones. After every
    move the stage's mean acceptance rate ``a`` sets the number of moves to the smallest
@@ -42,6 +45,9 @@ from bayesprompt.inference.smc.ess import ess, normalize
 from bayesprompt.inference.smc.moves import (
     PROPOSALS,
     adapted_scale,
+    crank_nicolson,
+    gaussian_log_density,
+    isotropic_gaussian,
     proposal_factor,
     random_walk,
     rejuvenate,
@@ -75,6 +81,9 @@ class TemperedSMCState:
         Particle evaluations so far (the initial population included).
     rng_state : Tensor
         State of the engine's generator.
+    reference : (float, float) or None
+        Mean and standard deviation of the pCN reference ``N(m, s^2 I)`` (``None`` for
+        random-walk moves).
     """
 
     particles: Evaluation
@@ -84,6 +93,7 @@ class TemperedSMCState:
     stage: int
     evaluations: int
     rng_state: torch.Tensor
+    reference: tuple[float, float] | None = None
 
 
 class TemperedSMC(Engine[TemperedSMCState]):
@@ -118,6 +128,15 @@ class TemperedSMC(Engine[TemperedSMCState]):
         Stop with status ``max_iterations`` after this many stages.
     jitter : float
         Relative diagonal jitter added to the proposal covariance.
+    kernel : {"rw", "pcn"}
+        ``"rw"``: random-walk proposals from the particle cloud (``proposal``), scale
+        adapted between stages. ``"pcn"``: preconditioned Crank-Nicolson proposals
+        ``m + sqrt(1 - b^2) (u - m) + b s xi`` reversible w.r.t. ``N(m, s^2 I)`` fitted to
+        the initial prior draws, ``b = min(scale, 1)`` adapted toward
+        ``target_acceptance`` after every move. For an isotropic Gaussian prior (the
+        prompt models' ``N(0, s^2 I)``) the acceptance then depends on the likelihood
+        only, not on the dimension, so particles keep moving in a 500-dimensional z
+        where random-walk steps shrink as ``1 / sqrt(D)``.
 
     Examples
     --------
@@ -149,7 +168,10 @@ class TemperedSMC(Engine[TemperedSMCState]):
         tol: float = 1e-4,
         max_stages: int = 1000,
         jitter: float = 1e-6,
+        kernel: str = "rw",
     ) -> None:
+        _require(kernel in ("rw", "pcn"), f"kernel must be 'rw' or 'pcn', got {kernel!r}")
+        _require(kernel == "rw" or target_acceptance is not None, "kernel='pcn' adapts its step: target_acceptance must not be None")
         _require(num_particles >= 2, f"num_particles must be >= 2, got {num_particles}")
         _require(0.0 < target_ess < 1.0, f"target_ess must be in (0, 1), got {target_ess}")
         _require(
@@ -182,12 +204,13 @@ class TemperedSMC(Engine[TemperedSMCState]):
         self.tol = float(tol)
         self.max_stages = int(max_stages)
         self.jitter = float(jitter)
+        self.kernel = kernel
 
     def __repr__(self) -> str:
         return (
             f"TemperedSMC(num_particles={self.num_particles}, target_ess={self.target_ess}, "
             f"resampling={self.resampling!r}, proposal={self.proposal!r}, moves=[{self.min_moves}, "
-            f"{self.max_moves}], target_acceptance={self.target_acceptance})"
+            f"{self.max_moves}], target_acceptance={self.target_acceptance}, kernel={self.kernel!r})"
         )
 
     # ------------------------------------------------------------------ engine API
@@ -217,6 +240,7 @@ class TemperedSMC(Engine[TemperedSMCState]):
             stage=0,
             evaluations=self.num_particles,
             rng_state=generator.get_state(),
+            reference=isotropic_gaussian(particles.u) if self.kernel == "pcn" else None,
         )
 
     def step(self, potential: Potential, state: TemperedSMCState) -> tuple[TemperedSMCState, dict[str, Any]]:
@@ -227,18 +251,24 @@ class TemperedSMC(Engine[TemperedSMCState]):
         increments = incremental_log_weights(particles.log_likelihood, state.beta, beta)
         log_evidence = state.log_evidence + float(torch.logsumexp(increments, 0)) - math.log(len(particles))
         stage_ess = ess(increments)
-        factor = self._proposal_factor(particles.u, normalize(increments), state.scale)
+        if state.reference is None:
+            factor = self._proposal_factor(particles.u, normalize(increments), state.scale)
         particles = particles.select(resample(increments, len(particles), generator, self.resampling))
-        particles, rates = self._move(potential, particles, beta, factor, generator)
+        if state.reference is None:
+            particles, rates = self._move(potential, particles, beta, factor, generator)
+            next_scale = self._adapted_scale(state.scale, sum(rates) / len(rates))
+        else:
+            particles, rates, next_scale = self._pcn_move(potential, particles, beta, state, generator)
         acceptance = sum(rates) / len(rates)
         new_state = TemperedSMCState(
             particles=particles,
             beta=beta,
             log_evidence=log_evidence,
-            scale=self._adapted_scale(state.scale, acceptance),
+            scale=next_scale,
             stage=state.stage + 1,
             evaluations=state.evaluations + len(rates) * len(particles),
             rng_state=generator.get_state(),
+            reference=state.reference,
         )
         info = {
             "stage": new_state.stage,
@@ -304,6 +334,29 @@ class TemperedSMC(Engine[TemperedSMCState]):
             self.move_probability,
         )
         return particles, rates
+
+    def _pcn_move(
+        self, potential: Potential, particles: Evaluation, beta: float, state: TemperedSMCState, generator: torch.Generator
+    ) -> tuple[Evaluation, list[float], float]:
+        """pCN moves, reversible w.r.t. ``N(m, s^2 I)``: the MH ratio divides that density out."""
+        mean, std = state.reference
+
+        def corrected(evaluation: Evaluation) -> torch.Tensor:
+            return _log_target(evaluation, beta) - gaussian_log_density(evaluation.u, mean, std)
+
+        return rejuvenate(
+            potential,
+            particles,
+            lambda step: crank_nicolson(step, mean, std),
+            generator,
+            corrected,
+            self.min_moves,
+            self.max_moves,
+            self.move_probability,
+            scale=min(state.scale, 1.0),
+            target_acceptance=self.target_acceptance,
+            max_scale=1.0,
+        )
 
     def _adapted_scale(self, scale: float, acceptance: float) -> float:
         return adapted_scale(scale, acceptance, self.target_acceptance)
