@@ -44,6 +44,9 @@ from bayesprompt.inference.posterior import Posterior, Status
 from bayesprompt.inference.smc.ess import ess, normalize
 from bayesprompt.inference.smc.moves import (
     PROPOSALS,
+    SCALE_BOUNDS,
+    Kernel,
+    LogTarget,
     adapted_scale,
     crank_nicolson,
     gaussian_log_density,
@@ -251,15 +254,24 @@ class TemperedSMC(Engine[TemperedSMCState]):
         increments = incremental_log_weights(particles.log_likelihood, state.beta, beta)
         log_evidence = state.log_evidence + float(torch.logsumexp(increments, 0)) - math.log(len(particles))
         stage_ess = ess(increments)
-        if state.reference is None:
-            factor = self._proposal_factor(particles.u, normalize(increments), state.scale)
+        kernel, log_target = self._kernel(state, increments, beta)  # from the cloud before resampling
         particles = particles.select(resample(increments, len(particles), generator, self.resampling))
-        if state.reference is None:
-            particles, rates = self._move(potential, particles, beta, factor, generator)
-            next_scale = self._adapted_scale(state.scale, sum(rates) / len(rates))
-        else:
-            particles, rates, next_scale = self._pcn_move(potential, particles, beta, state, generator)
+        pcn = state.reference is not None  # pCN adapts its step after every move; RW between stages
+        particles, rates, moved_scale = rejuvenate(
+            potential,
+            particles,
+            kernel,
+            generator,
+            log_target,
+            self.min_moves,
+            self.max_moves,
+            self.move_probability,
+            scale=min(state.scale, 1.0) if pcn else state.scale,
+            target_acceptance=self.target_acceptance if pcn else None,
+            max_scale=1.0 if pcn else SCALE_BOUNDS[1],
+        )
         acceptance = sum(rates) / len(rates)
+        next_scale = moved_scale if pcn else adapted_scale(state.scale, acceptance, self.target_acceptance)
         new_state = TemperedSMCState(
             particles=particles,
             beta=beta,
@@ -314,56 +326,25 @@ class TemperedSMC(Engine[TemperedSMCState]):
         )
 
     # ------------------------------------------------------------------ internals
-    def _move(
-        self,
-        potential: Potential,
-        particles: Evaluation,
-        beta: float,
-        factor: torch.Tensor,
-        generator: torch.Generator,
-    ) -> tuple[Evaluation, list[float]]:
-        """Metropolis moves until the planned number (re-planned after each move) is done."""
-        particles, rates, _ = rejuvenate(
-            potential,
-            particles,
-            lambda _: random_walk(factor),
-            generator,
-            lambda evaluation: _log_target(evaluation, beta),
-            self.min_moves,
-            self.max_moves,
-            self.move_probability,
-        )
-        return particles, rates
+    def _kernel(self, state: TemperedSMCState, increments: torch.Tensor, beta: float) -> tuple[Kernel, LogTarget]:
+        """The stage's proposals (indexed by step size) and the log target of their MH ratio.
 
-    def _pcn_move(
-        self, potential: Potential, particles: Evaluation, beta: float, state: TemperedSMCState, generator: torch.Generator
-    ) -> tuple[Evaluation, list[float], float]:
-        """pCN moves, reversible w.r.t. ``N(m, s^2 I)``: the MH ratio divides that density out."""
+        Random walk: the factor of the reweighted cloud, already scaled by ``state.scale``.
+        pCN: reversible w.r.t. ``N(m, s^2 I)``, so the MH ratio divides that density out.
+        """
+
+        def log_target(evaluation: Evaluation) -> torch.Tensor:
+            return _log_target(evaluation, beta)
+
+        if state.reference is None:
+            factor = proposal_factor(state.particles.u, normalize(increments), state.scale, self.proposal, self.jitter)
+            return (lambda _: random_walk(factor)), log_target
         mean, std = state.reference
 
         def corrected(evaluation: Evaluation) -> torch.Tensor:
-            return _log_target(evaluation, beta) - gaussian_log_density(evaluation.u, mean, std)
+            return log_target(evaluation) - gaussian_log_density(evaluation.u, mean, std)
 
-        return rejuvenate(
-            potential,
-            particles,
-            lambda step: crank_nicolson(step, mean, std),
-            generator,
-            corrected,
-            self.min_moves,
-            self.max_moves,
-            self.move_probability,
-            scale=min(state.scale, 1.0),
-            target_acceptance=self.target_acceptance,
-            max_scale=1.0,
-        )
-
-    def _adapted_scale(self, scale: float, acceptance: float) -> float:
-        return adapted_scale(scale, acceptance, self.target_acceptance)
-
-    def _proposal_factor(self, u: torch.Tensor, log_weights: torch.Tensor, scale: float) -> torch.Tensor:
-        """Random-walk factor: std vector ``[D]`` (diagonal) or Cholesky factor ``[D, D]``."""
-        return proposal_factor(u, log_weights, scale, self.proposal, self.jitter)
+        return (lambda step: crank_nicolson(step, mean, std)), corrected
 
 
 def _log_target(particles: Evaluation, beta: float) -> torch.Tensor:
