@@ -6,6 +6,7 @@ import dataclasses
 import doctest
 import importlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def fake_config(data_dir: str, **changes) -> BenchmarkConfig:
 # ---------------------------------------------------------------------- doctests
 
 
-@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput"])
+@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput", "point_vs_posterior"])
 def test_module_doctests(name):
     module = importlib.import_module(f"benchmarks.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
@@ -382,3 +383,49 @@ def test_label_only_method_fits_its_vote_smoothing_on_dev_within_the_budget(tmp_
 
         ctx = MethodContext(TOY, FakeBlackBox(TOY, embed_dim=4), None, None, None, 10, 0, options={"vote_smoothing": 2.0})
         fit_engine(ctx, lambda ctx, potential: None, likelihood_free=True)
+
+
+# ---------------------------------------------------------------------- point-vs-posterior diagnostic
+
+
+def test_point_vs_posterior_rows_on_fake_box(data_dir):
+    from benchmarks.point_vs_posterior import compare, format_table
+
+    config = fake_config(data_dir)
+    rows = compare(config, "sst2", 0, point_budget=40, posterior_budget=64, noise_scales=(0.5, 1.0), ray_scales=(2.0,), num_noise=3)
+    names = [r.name for r in rows]
+    assert names[0].startswith("z = 0") and names[1].startswith("BBT, ") and names[2].startswith("SMC particles")
+    assert names[3:] == ["SMC posterior mean of z", "BBT z + N(0, 0.5^2 I)", "BBT z + N(0, 1^2 I)", "2 x BBT z"]
+    assert [r.size for r in rows] == [1, 1, config.num_particles, 1, 3, 3, 1]
+    k = config.intrinsic_dim
+    normaliser = -0.5 * k * math.log(2 * math.pi)  # prior N(0, I) on z (prior_scale 1)
+    zero, bbt, ray = rows[0], rows[1], rows[-1]
+    assert zero.norm == 0.0 and zero.log_prior == pytest.approx(normaliser, abs=1e-4)
+    for single in (bbt, ray):
+        assert single.log_prior == pytest.approx(normaliser - 0.5 * single.norm**2, rel=1e-4)
+        assert single.log_likelihood_range == (pytest.approx(single.log_likelihood),) * 2
+    assert ray.norm == pytest.approx(2 * bbt.norm, rel=1e-5)
+    for r in rows:
+        low, high = r.log_likelihood_range
+        assert low <= r.log_likelihood + 1e-9 and r.log_likelihood <= high + 1e-9 and r.log_likelihood < 0
+        assert 0.0 <= r.test_accuracy <= 1.0 and r.test_nll > 0
+    table = format_table(rows).splitlines()
+    assert len(table) == 2 + len(rows) and table[3].startswith("| BBT, ")
+    with pytest.raises(ValueError, match="point_budget"):
+        compare(config, "sst2", 0, point_budget=0)
+    with pytest.raises(ValueError, match="num_noise"):
+        compare(config, "sst2", 0, num_noise=0)
+
+
+@pytest.mark.slow
+def test_point_vs_posterior_command_on_minilm(tmp_path, data_dir, capsys):
+    from benchmarks.point_vs_posterior import main as diagnose
+
+    out = tmp_path / "rows.json"
+    argv = ["--task", "sst2", "--config", "smoke", "--point-budget", "40", "--posterior-budget", "40",
+            "--test-size", "16", "--data-dir", data_dir, "--json", str(out)]
+    assert diagnose(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| SMC particles" in printed and "| 0.5 x BBT z |" in printed
+    saved = json.loads(out.read_text())
+    assert saved["task"] == "sst2" and len(saved["rows"]) == 9
