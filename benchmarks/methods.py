@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyro.distributions as dist
 import torch
 
 from bayesprompt.data.task import Task
@@ -476,6 +477,43 @@ def fit_random_walk(ctx: MethodContext) -> MethodOutcome:
     return posterior_outcome(ctx, posterior, potential, likelihood_free=False)
 
 
+def fit_smc_dev_prior(ctx: MethodContext) -> MethodOutcome:
+    """Tempered SMC on the training split under a prior centred on a prompt tuned on dev.
+
+    Empirical Bayes in two stages, each on its own examples. CMA-ES (BBT's optimiser,
+    popsize 20, keeping its best candidate) maximises the dev log-likelihood with
+    ``point_share`` of the budget (default 0.5); tempered SMC then samples the training
+    posterior under ``N(z_dev, prior_scale^2 I)`` with the rest. Options other than
+    ``point_share`` and ``popsize`` go to :class:`~bayesprompt.inference.smc.TemperedSMC`.
+    """
+    from bayesprompt.inference.cma import CMAES
+    from bayesprompt.inference.smc import TemperedSMC
+
+    options = dict(ctx.options)
+    share = float(options.pop("point_share", 0.5))
+    popsize = int(options.pop("popsize", 20))
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"option point_share must be in (0, 1), got {share}")
+    point_budget = 1000 if ctx.budget is None else int(share * ctx.budget)
+    if point_budget < popsize:
+        raise ValueError(f"budget {ctx.budget} x point_share {share} is less than one CMA-ES population ({popsize} calls)")
+    dev_potential = Potential(PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale), (ctx.dev,), meter=ctx.meter)
+    overall = ctx.meter.budget
+    ctx.meter.budget = ctx.meter.calls + point_budget if overall is None else min(overall, ctx.meter.calls + point_budget)
+    try:
+        point = run(CMAES(popsize=popsize), dev_potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
+    finally:
+        ctx.meter.budget = overall
+    centre = point.samples["z"].reshape(-1).detach().float()
+    prior = dist.Normal(centre, ctx.prior_scale).to_event(1)
+    potential = Potential(PromptModel(ctx.backend, ctx.projection, prior=prior), (ctx.train,), meter=ctx.meter)
+    posterior = run(TemperedSMC(**{"num_particles": ctx.num_particles, **options}), potential, seed=ctx.seed,
+                    meter=ctx.meter, progress=ctx.progress)
+    outcome = posterior_outcome(ctx, posterior, potential, likelihood_free=False)
+    outcome.summary.update(point_calls=int(point.api_calls.get("calls", 0)), point_norm=float(centre.norm()))
+    return outcome
+
+
 def _engine_fitter(make_engine: Callable[[MethodContext, Potential], Engine], likelihood_free: bool = False):
     def fit(ctx: MethodContext) -> MethodOutcome:
         return fit_engine(ctx, make_engine, likelihood_free)
@@ -526,6 +564,9 @@ def default_registry() -> dict[str, MethodSpec]:
         MethodSpec("smc-dev", "Tempered SMC, train + dev", "ours",
                    "tempered SMC conditioned on the training and dev examples (no held-out selection)",
                    _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",), budget_free=True, conditions_on_dev=True),
+        MethodSpec("smc-devprior", "Tempered SMC, prior centred on a dev-tuned prompt", "ours",
+                   "CMA-ES on the dev likelihood (half the budget) centres the prior; SMC on train (the rest)",
+                   fit_smc_dev_prior, requires=(f"{smc}:TemperedSMC", f"{cma}:CMAES")),
         MethodSpec("abc-smc", "ABC-SMC, importance weights", "ours",
                    "label-only ABC-SMC with correct importance weights, quantile schedule",
                    _engine_fitter(_abc_engine("importance", "quantile"), likelihood_free=True),

@@ -370,6 +370,32 @@ def test_smc_dev_conditions_on_the_train_and_dev_examples(tmp_path, data_dir):
     assert records["smc-dev"]["config_hash"] != records["smc"]["config_hash"]
 
 
+def test_smc_devprior_centres_the_prior_on_a_prompt_tuned_on_dev(data_dir):
+    """With a tight prior the particles sit at the dev-tuned centre, not at 0; both stages share the budget."""
+    from benchmarks.methods import MethodContext, fit_smc_dev_prior
+    from benchmarks.run import Resources
+    from bayesprompt.data import get_task
+    from bayesprompt.lm import Meter
+
+    config = fake_config(data_dir)
+    resources, task = Resources(config), get_task("sst2")
+    backend = resources.backend(task, Meter(160))
+    train, dev = resources.few_shot(task, 0)
+    ctx = MethodContext(task, backend, resources.projection(task, backend), backend.encode(train), backend.encode(dev),
+                        160, 0, num_particles=8, prior_scale=0.01, options={"popsize": 8})
+    outcome = fit_smc_dev_prior(ctx)
+    z = outcome.fitted.samples["z"].reshape(outcome.fitted.num_samples, -1)
+    centre_norm = outcome.summary["point_norm"]
+    assert centre_norm > 0.5  # CMA-ES moved away from its start at 0
+    assert z.norm(dim=-1).sub(centre_norm).abs().max() < 0.1  # prior sd 0.01 in 8 dimensions
+    assert 0 < outcome.summary["point_calls"] <= 80 and backend.meter.calls <= 160
+    for share in (0.0, 1.0):
+        with pytest.raises(ValueError, match="point_share"):
+            fit_smc_dev_prior(dataclasses.replace(ctx, options={"point_share": share}))
+    with pytest.raises(ValueError, match="CMA-ES population"):
+        fit_smc_dev_prior(dataclasses.replace(ctx, budget=10))  # 5 calls < popsize 8
+
+
 def test_label_only_method_fits_its_vote_smoothing_on_dev_within_the_budget(tmp_path, data_dir):
     """``vote_smoothing="dev"``: the engine leaves one call per prediction sample for the dev votes."""
     base = fake_config(data_dir, methods=("abc-mcmc", "abc-uniform"), budgets=(96,), num_particles=8)
