@@ -135,8 +135,8 @@ def compare(
     z_mean = (posterior.weights[:, None].double() * z_particles.double()).sum(0, keepdim=True).float()
     rows = [
         row("z = 0 (the projection's offset prompt)", torch.zeros_like(z_point)),
-        row(f"BBT, {point.api_calls.get('calls', point_budget)} calls", z_point),
-        row(f"SMC particles ({posterior.api_calls.get('calls', posterior_budget)} calls)", z_particles, smc_probs),
+        row(f"BBT, {point.api_calls['calls']} calls", z_point),
+        row(f"SMC particles ({posterior.api_calls['calls'] - point.api_calls['calls']} calls)", z_particles, smc_probs),
         row("SMC posterior mean of z", z_mean),
     ]
     rows += [row(f"BBT z + N(0, {s:g}^2 I)", z_point + s * noise) for s in noise_scales]
