@@ -498,19 +498,17 @@ def fit_smc_dev_prior(ctx: MethodContext) -> MethodOutcome:
     if point_budget < popsize:
         raise ValueError(f"budget {ctx.budget} x point_share {share} is less than one CMA-ES population ({popsize} calls)")
     dev_potential = Potential(PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale), (ctx.dev,), meter=ctx.meter)
-    overall = ctx.meter.budget
-    ctx.meter.budget = ctx.meter.calls + point_budget if overall is None else min(overall, ctx.meter.calls + point_budget)
-    try:
+    calls_before = ctx.meter.calls
+    with ctx.meter.capped(point_budget):
         point = run(CMAES(popsize=popsize), dev_potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
-    finally:
-        ctx.meter.budget = overall
+    point_calls = ctx.meter.calls - calls_before
     centre = point.samples["z"].reshape(-1).detach().float()
     prior = dist.Normal(centre, ctx.prior_scale).to_event(1)
     potential = Potential(PromptModel(ctx.backend, ctx.projection, prior=prior), (ctx.train,), meter=ctx.meter)
     posterior = run(TemperedSMC(**{"num_particles": ctx.num_particles, **options}), potential, seed=ctx.seed,
                     meter=ctx.meter, progress=ctx.progress)
     outcome = posterior_outcome(ctx, posterior, potential, likelihood_free=False)
-    outcome.summary.update(point_calls=int(point.api_calls.get("calls", 0)), point_norm=float(centre.norm()))
+    outcome.summary.update(point_calls=point_calls, point_norm=float(centre.norm()))
     return outcome
 
 

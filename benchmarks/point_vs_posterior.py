@@ -108,14 +108,12 @@ def compare(
     potential = Potential(PromptModel(backend, projection, prior_scale=config.prior_scale), (train,), meter=meter)
 
     def fit(engine, budget: int):
-        meter.budget = meter.calls + budget
-        try:
-            return run(engine, potential, seed=seed, meter=meter, progress=False)
-        finally:
-            meter.budget = None
+        before = meter.calls
+        with meter.capped(budget):
+            return run(engine, potential, seed=seed, meter=meter, progress=False), meter.calls - before
 
-    point = fit(CMAES(popsize=20, dev_score=dev_accuracy_score(potential, dev)), point_budget)
-    posterior = fit(TemperedSMC(num_particles=config.num_particles), posterior_budget)
+    point, point_calls = fit(CMAES(popsize=20, dev_score=dev_accuracy_score(potential, dev)), point_budget)
+    posterior, posterior_calls = fit(TemperedSMC(num_particles=config.num_particles), posterior_budget)
     z_point = point.samples["z"].reshape(1, -1).float()
     noise = torch.randn(num_noise, z_point.shape[-1], generator=torch.Generator().manual_seed(seed + 1))
 
@@ -135,8 +133,8 @@ def compare(
     z_mean = (posterior.weights[:, None].double() * z_particles.double()).sum(0, keepdim=True).float()
     rows = [
         row("z = 0 (the projection's offset prompt)", torch.zeros_like(z_point)),
-        row(f"BBT, {point.api_calls['calls']} calls", z_point),
-        row(f"SMC particles ({posterior.api_calls['calls'] - point.api_calls['calls']} calls)", z_particles, smc_probs),
+        row(f"BBT, {point_calls} calls", z_point),
+        row(f"SMC particles ({posterior_calls} calls)", z_particles, smc_probs),
         row("SMC posterior mean of z", z_mean),
     ]
     rows += [row(f"BBT z + N(0, {s:g}^2 I)", z_point + s * noise) for s in noise_scales]

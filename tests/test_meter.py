@@ -159,3 +159,23 @@ def test_watching_listener_is_removed_on_error_and_not_called_for_refused_querie
             meter.charge(calls=4, sequences=4, tokens=4)  # refused: nothing recorded, nobody told
     meter.charge(calls=1, sequences=1, tokens=1)
     assert seen == [4] and meter.calls == 5
+
+
+def test_capped_limits_a_stage_and_restores_the_budget_even_after_a_refusal():
+    meter = Meter(budget=10)
+    meter.charge(calls=2, sequences=2, tokens=2)
+    with pytest.raises(BudgetExhausted):
+        with meter.capped(5) as cap:
+            assert cap == 7
+            meter.charge(calls=4, sequences=4, tokens=4)
+            meter.charge(calls=2, sequences=2, tokens=2)  # 8 > 7: refused
+    assert (meter.budget, meter.calls) == (10, 6)
+    with meter.capped(100) as cap:  # never beyond the overall budget
+        assert cap == 10
+    unlimited = Meter()
+    with unlimited.capped(3) as cap:
+        assert cap == 3 and not unlimited.can_afford(4)
+    assert unlimited.budget is None
+    with pytest.raises(ValueError, match="calls"):
+        with unlimited.capped(-1):
+            pass

@@ -130,6 +130,33 @@ class Meter:
         finally:
             self._listeners.remove(listener)
 
+    @contextlib.contextmanager
+    def capped(self, calls: int) -> Iterator[int]:
+        """Within this block, allow at most ``calls`` more calls (never beyond the budget).
+
+        Yields the temporary budget; the budget is restored on exit, also after
+        :class:`BudgetExhausted`. Used to give one stage of a method its share.
+
+        Examples
+        --------
+        >>> meter = Meter(budget=10)
+        >>> with meter.capped(4) as cap:
+        ...     meter.charge(calls=3, sequences=3, tokens=3)
+        ...     meter.can_afford(2), cap
+        (False, 4)
+        >>> meter.budget, meter.can_afford(2)
+        (10, True)
+        """
+        if calls < 0:
+            raise ValueError(f"calls must be >= 0, got {calls}")
+        total = self.budget
+        cap = self.calls + calls
+        self.budget = cap if total is None else min(cap, total)
+        try:
+            yield self.budget
+        finally:
+            self.budget = total
+
     @property
     def remaining(self) -> int | None:
         """Calls left before the budget is hit (``None`` when unlimited)."""

@@ -230,17 +230,16 @@ class PromptEnsembles(Engine[EnsembleState]):
         if state.shares is None or self.meter is None:
             yield
             return
-        meter, total = self.meter, self.meter.budget
-        cap = meter.calls + max(state.shares[index] - spent, 0)
-        meter.budget = cap if total is None else min(cap, total)
-        try:
-            yield
-        except BudgetExhausted as err:
-            if err.used + err.requested > cap:
-                raise _ShareSpent from err
-            raise BudgetExhausted(total, err.used, err.requested) from err
-        finally:
-            meter.budget = total
+        total = self.meter.budget
+        share = max(state.shares[index] - spent, 0)
+        cap = self.meter.calls + share
+        with self.meter.capped(share):
+            try:
+                yield
+            except BudgetExhausted as err:
+                if err.used + err.requested > cap:
+                    raise _ShareSpent from err
+                raise BudgetExhausted(total, err.used, err.requested) from err
 
     def _summary(self, state: EnsembleState, used: list[int]) -> dict[str, Any]:
         members = state.members
