@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
     from bayesprompt.data import TASKS
-    from bayesprompt.pipeline import ENGINE_NAMES, FitConfig
+    from bayesprompt.pipeline import ENGINE_NAMES, PRIOR_CENTRES, FitConfig
 
     defaults = FitConfig()
     fit = sub.add_parser(
@@ -105,6 +105,14 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--n-tokens", type=int, default=defaults.n_tokens, help="prompt length in tokens")
     fit.add_argument("--intrinsic-dim", type=int, default=defaults.intrinsic_dim, help="dimension k of the latent prompt z")
     fit.add_argument("--prior-scale", type=float, default=defaults.prior_scale, help="scale of the Normal prior on z")
+    fit.add_argument(
+        "--prior-centre", default=defaults.prior_centre, choices=PRIOR_CENTRES,
+        help="centre of the prior on z: 0, or 'dev' (empirical Bayes: a CMA-ES prompt tuned on the dev split first)",
+    )
+    fit.add_argument(
+        "--prior-centre-share", type=float, default=defaults.prior_centre_share, metavar="SHARE",
+        help="share of the budget for the dev stage of --prior-centre dev",
+    )
     fit.add_argument("--particles", type=int, default=defaults.num_particles, help="population size (particles, walkers or CMA-ES popsize)")
     fit.add_argument("--test-size", type=int, default=None, help="class-balanced test subsample size (default: whole test split)")
     fit.add_argument(
@@ -193,6 +201,8 @@ def _fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             n_tokens=args.n_tokens,
             intrinsic_dim=args.intrinsic_dim,
             prior_scale=args.prior_scale,
+            prior_centre=args.prior_centre,
+            prior_centre_share=args.prior_centre_share,
             num_particles=args.particles,
             test_size=args.test_size,
             vote_smoothing=args.vote_smoothing,

@@ -29,6 +29,7 @@ import torch
 from bayesprompt.data import balanced_subsample, few_shot_split, get_task, load_split
 from bayesprompt.data.task import Example, Task
 from bayesprompt.inference.base import Engine, init_state, run
+from bayesprompt.inference.empirical_bayes import DevCentre, fit_dev_centre
 from bayesprompt.inference.posterior import Posterior
 from bayesprompt.lm import LabelOnly, Meter, load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
@@ -116,7 +117,7 @@ def _build_ensemble_mcmc(config: "FitConfig", potential: Potential, train: Encod
 def _build_rw_mcmc(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch):
     from bayesprompt.inference.mcmc import PyroRandomWalk
 
-    steps = config.budget - 8 if config.budget is not None else 2000  # Pyro's set-up spends a few queries
+    steps = config.engine_budget - 8 if config.engine_budget is not None else 2000  # Pyro's set-up spends a few queries
     options = {"warmup_steps": steps // 2, "num_samples": steps - steps // 2, **config.engine_options}
     return PyroRandomWalk(**options)
 
@@ -136,10 +137,10 @@ def _build_cma_elbo(config: "FitConfig", potential: Potential, train: EncodedBat
 
 
 def _iterations_for_budget(config: "FitConfig", calls_per_iteration: int, default: int) -> int:
-    """As many iterations as the budget allows after the initial population (or ``default``)."""
-    if config.budget is None:
+    """As many iterations as the engine's budget allows after the initial population (or ``default``)."""
+    if config.engine_budget is None:
         return default
-    return max(1, config.budget // calls_per_iteration - 1)
+    return max(1, config.engine_budget // calls_per_iteration - 1)
 
 
 #: Engine name -> builder. Add an engine here (and its state class to
@@ -162,6 +163,10 @@ ENGINE_BUILDERS: Mapping[str, EngineBuilder] = MappingProxyType(
 ENGINE_NAMES = tuple(ENGINE_BUILDERS)
 #: Engines that only see the label-only view.
 LIKELIHOOD_FREE_ENGINES = frozenset({"abc-smc", "abc-mcmc"})
+#: Where the prior on z is centred (see ``FitConfig.prior_centre``).
+PRIOR_CENTRES = ("zero", "dev")
+#: CMA-ES population of the dev stage of ``prior_centre="dev"`` (BBT's).
+DEV_CENTRE_POPSIZE = 20
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,14 @@ class FitConfig:
         Scale of the isotropic Normal prior on z. The projection is calibrated so that
         ``z ~ N(0, I)`` gives prompts with the spread of the model's word embeddings;
         the prior scale multiplies that spread.
+    prior_centre : {"zero", "dev"}
+        Centre of that prior. ``"dev"`` is empirical Bayes: CMA-ES first maximises the
+        dev log-likelihood with ``prior_centre_share`` of the budget
+        (:func:`~bayesprompt.inference.empirical_bayes.fit_dev_centre`), then the engine
+        samples the training posterior under ``N(z_dev, prior_scale^2 I)`` with the rest.
+        Score engines only. The centre is saved in ``prior_centre.npz``.
+    prior_centre_share : float
+        Share of the budget for the dev stage of ``prior_centre="dev"``, in (0, 1).
     num_particles : int
         Population size of particle engines (SMC, ABC-SMC); CMA-ES popsize.
     test_size : int or None
@@ -226,6 +239,8 @@ class FitConfig:
     n_tokens: int = 10
     intrinsic_dim: int = 500
     prior_scale: float = 1.0
+    prior_centre: str = "zero"
+    prior_centre_share: float = 0.5
     num_particles: int = 32
     test_size: int | None = None
     vote_smoothing: float | str = "dev"
@@ -245,11 +260,48 @@ class FitConfig:
             isinstance(self.vote_smoothing, int | float) and self.vote_smoothing >= 0
         ):
             raise ValueError(f"vote_smoothing must be a number >= 0 or 'dev', got {self.vote_smoothing!r}")
+        self._check_prior_centre()
         if self.dev_reserve and self.budget is not None and self.budget <= self.dev_reserve:
             raise ValueError(
                 f"budget {self.budget} leaves no calls for inference after the {self.dev_reserve} dev calls of "
                 "vote_smoothing='dev'; raise the budget or give vote_smoothing a number"
             )
+
+    def _check_prior_centre(self) -> None:
+        if self.prior_scale <= 0:
+            raise ValueError(f"prior_scale must be > 0, got {self.prior_scale}")
+        if self.prior_centre not in PRIOR_CENTRES:
+            raise ValueError(f"prior_centre must be one of {PRIOR_CENTRES}, got {self.prior_centre!r}")
+        if not 0.0 < self.prior_centre_share < 1.0:
+            raise ValueError(f"prior_centre_share must be in (0, 1), got {self.prior_centre_share}")
+        if self.prior_centre != "dev":
+            return
+        if self.likelihood_free:
+            raise ValueError(
+                f"prior_centre='dev' tunes the centre on dev scores; engine {self.engine!r} is likelihood-free "
+                "(label-only), so use prior_centre='zero' or a score engine"
+            )
+        if self.budget is None:
+            raise ValueError("prior_centre='dev' needs a budget: prior_centre_share of it goes to the dev stage")
+        if self.dev_centre_budget < DEV_CENTRE_POPSIZE:
+            raise ValueError(
+                f"budget {self.budget} x prior_centre_share {self.prior_centre_share} = {self.dev_centre_budget} calls "
+                f"is less than one CMA-ES population ({DEV_CENTRE_POPSIZE}) for the dev stage"
+            )
+
+    @property
+    def dev_centre_budget(self) -> int:
+        """API calls of the dev stage of ``prior_centre="dev"`` (0 otherwise)."""
+        if self.prior_centre != "dev" or self.budget is None:
+            return 0
+        return int(self.prior_centre_share * self.budget)
+
+    @property
+    def engine_budget(self) -> int | None:
+        """API calls planned for the engine: the budget less the dev stage and the dev-vote reserve."""
+        if self.budget is None:
+            return None
+        return self.budget - self.dev_centre_budget - self.dev_reserve
 
     @property
     def likelihood_free(self) -> bool:
@@ -316,6 +368,7 @@ class _Setup:
     train: EncodedBatch
     dev: EncodedBatch
     test: list[Example]
+    centre: DevCentre | None = None
 
 
 # ---------------------------------------------------------------------------- fit / resume
@@ -346,6 +399,19 @@ def fit(
     if config.out is not None:
         run_dir = RunDirectory.create(config.out, _config_dict(config), setup.projection.metadata())
         run_dir.write_projection(setup.projection)
+    if config.prior_centre == "dev":
+        centre = fit_dev_centre(
+            PromptModel(setup.backend, setup.projection, prior_scale=config.prior_scale),
+            setup.dev,
+            config.dev_centre_budget,
+            meter=setup.meter,
+            popsize=DEV_CENTRE_POPSIZE,
+            seed=config.seed,
+            progress=progress,
+        )
+        if run_dir is not None:
+            run_dir.write_prior_centre(centre)
+        setup = _centred(setup, centre)
     engine = engine if engine is not None else build_engine(config, setup.potential, setup.train, setup.dev)
     return _complete(setup, engine, run_dir, codec, None, progress)
 
@@ -374,6 +440,8 @@ def resume(directory: str | Path, progress: bool = True, *, codec: StateCodec | 
         )
     task = get_task(config.task)
     setup = _setup(config, task, projection=run_dir.read_projection())
+    if config.prior_centre == "dev":
+        setup = _centred(setup, run_dir.read_prior_centre())
     engine = build_engine(config, setup.potential, setup.train, setup.dev)
     if checkpoint.engine != engine.name:
         raise RunDirectoryError(
@@ -573,12 +641,25 @@ def _backend(config: FitConfig, task: Task, meter: Meter) -> PromptBlackBox:
     return load_backend(config.backend, task, **kwargs)
 
 
-def _potential(config: FitConfig, backend: PromptBlackBox, projection: RandomProjection, batch: EncodedBatch) -> Potential:
+def _potential(
+    config: FitConfig,
+    backend: PromptBlackBox,
+    projection: RandomProjection,
+    batch: EncodedBatch,
+    centre: DevCentre | None = None,
+) -> Potential:
+    prior = None if centre is None else centre.prior(config.prior_scale)
     if config.likelihood_free:
-        model = LikelihoodFreePromptModel(LabelOnly(backend), projection, prior_scale=config.prior_scale)
+        model = LikelihoodFreePromptModel(LabelOnly(backend), projection, prior=prior, prior_scale=config.prior_scale)
     else:
-        model = PromptModel(backend, projection, prior_scale=config.prior_scale)
+        model = PromptModel(backend, projection, prior=prior, prior_scale=config.prior_scale)
     return Potential(model, (batch,), meter=backend.meter)
+
+
+def _centred(setup: _Setup, centre: DevCentre) -> _Setup:
+    """``setup`` with the training potential's prior centred on ``centre``."""
+    potential = _potential(setup.config, setup.backend, setup.projection, setup.train, centre)
+    return dataclasses.replace(setup, potential=potential, centre=centre)
 
 
 # ---------------------------------------------------------------------------- internals: inference
@@ -681,6 +762,13 @@ def _complete(
     }
     if config.likelihood_free:
         metrics["vote_smoothing"] = config.vote_smoothing
+    if setup.centre is not None:
+        metrics["prior_centre"] = {
+            "api_calls": setup.centre.api_calls,
+            "dev_log_likelihood": setup.centre.dev_log_likelihood,
+            "norm": setup.centre.norm,
+            "iterations": setup.centre.iterations,
+        }
     result = FitResult(config, posterior, predictions, metrics, setup.projection, run_dir.path if run_dir else None)
     if run_dir is not None:
         readings = {"inference": inference_calls, "evaluation": meter.snapshot().to_dict()}

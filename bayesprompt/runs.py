@@ -6,6 +6,7 @@ A **run directory** holds everything needed to reproduce, resume and evaluate on
       config.json        {"format_version", "bayesprompt_version", "config": FitConfig fields,
                           "projection": projection metadata}
       projection.npz     the random projection (matrix, seed, std)
+      prior_centre.npz   the dev-tuned prior centre (only with prior_centre="dev")
       checkpoint.npz     latest engine state + diagnostics so far + meter reading (atomic)
       diagnostics.jsonl  one JSON record per completed engine iteration
       posterior.json     final posterior metadata (Posterior.save, its own format_version)
@@ -70,6 +71,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bayesprompt.inference.empirical_bayes import DevCentre
 from bayesprompt.inference.posterior import Posterior
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.predict import EnsemblePredictions
@@ -145,6 +147,7 @@ PICKLE_ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 CONFIG_FILE = "config.json"
 PROJECTION_FILE = "projection.npz"
 CHECKPOINT_FILE = "checkpoint.npz"
+PRIOR_CENTRE_FILE = "prior_centre.npz"
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 POSTERIOR_FILES = ("posterior.json", "posterior.npz")
 METER_FILE = "meter.json"
@@ -152,7 +155,7 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 PLOTS_DIR = "plots"
 #: Files (and the plots folder's PNGs) a fresh run replaces; nothing else is ever deleted.
-RUN_FILES = (CONFIG_FILE, PROJECTION_FILE, CHECKPOINT_FILE, DIAGNOSTICS_FILE, *POSTERIOR_FILES,
+RUN_FILES = (CONFIG_FILE, PROJECTION_FILE, PRIOR_CENTRE_FILE, CHECKPOINT_FILE, DIAGNOSTICS_FILE, *POSTERIOR_FILES,
              METER_FILE, METRICS_FILE, PREDICTIONS_FILE)
 
 _HEADER = "__header__"
@@ -706,6 +709,31 @@ class RunDirectory:
             )
         except (KeyError, ValueError, TypeError) as err:
             raise RunDirectoryError(f"{self.file(PROJECTION_FILE)}: not a projection ({err})") from err
+
+    def write_prior_centre(self, centre: DevCentre) -> Path:
+        """Write ``prior_centre.npz`` (the dev stage of ``prior_centre="dev"``) atomically."""
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            z=centre.z.numpy(),
+            api_calls=np.int64(centre.api_calls),
+            dev_log_likelihood=np.float64(centre.dev_log_likelihood),
+            iterations=np.int64(centre.iterations),
+        )
+        return atomic_write_bytes(self.file(PRIOR_CENTRE_FILE), buffer.getvalue())
+
+    def read_prior_centre(self) -> DevCentre:
+        """The saved dev-tuned prior centre."""
+        arrays = self._read_npz(PRIOR_CENTRE_FILE, "missing file (the dev stage of prior_centre='dev' did not finish)")
+        try:
+            return DevCentre(
+                z=torch.from_numpy(arrays["z"]).float(),
+                api_calls=int(arrays["api_calls"]),
+                dev_log_likelihood=float(arrays["dev_log_likelihood"]),
+                iterations=int(arrays["iterations"]),
+            )
+        except (KeyError, ValueError, TypeError) as err:
+            raise RunDirectoryError(f"{self.file(PRIOR_CENTRE_FILE)}: not a prior centre ({err})") from err
 
     # ------------------------------------------------------------------ checkpoints & diagnostics
     def has_checkpoint(self) -> bool:

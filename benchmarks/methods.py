@@ -39,7 +39,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyro.distributions as dist
 import torch
 
 from bayesprompt.data.task import Task
@@ -486,7 +485,7 @@ def fit_smc_dev_prior(ctx: MethodContext) -> MethodOutcome:
     posterior under ``N(z_dev, prior_scale^2 I)`` with the rest. Options other than
     ``point_share`` and ``popsize`` go to :class:`~bayesprompt.inference.smc.TemperedSMC`.
     """
-    from bayesprompt.inference.cma import CMAES
+    from bayesprompt.inference.empirical_bayes import fit_dev_centre
     from bayesprompt.inference.smc import TemperedSMC
 
     options = dict(ctx.options)
@@ -495,20 +494,15 @@ def fit_smc_dev_prior(ctx: MethodContext) -> MethodOutcome:
     if not 0.0 < share < 1.0:
         raise ValueError(f"option point_share must be in (0, 1), got {share}")
     point_budget = 1000 if ctx.budget is None else int(share * ctx.budget)
-    if point_budget < popsize:
-        raise ValueError(f"budget {ctx.budget} x point_share {share} is less than one CMA-ES population ({popsize} calls)")
-    dev_potential = Potential(PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale), (ctx.dev,), meter=ctx.meter)
-    calls_before = ctx.meter.calls
-    with ctx.meter.capped(point_budget):
-        point = run(CMAES(popsize=popsize), dev_potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
-    point_calls = ctx.meter.calls - calls_before
-    centre = point.samples["z"].reshape(-1).detach().float()
-    prior = dist.Normal(centre, ctx.prior_scale).to_event(1)
-    potential = Potential(PromptModel(ctx.backend, ctx.projection, prior=prior), (ctx.train,), meter=ctx.meter)
+    dev_model = PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale)
+    centre = fit_dev_centre(dev_model, ctx.dev, point_budget, meter=ctx.meter, popsize=popsize, seed=ctx.seed,
+                            progress=ctx.progress)
+    potential = Potential(PromptModel(ctx.backend, ctx.projection, prior=centre.prior(ctx.prior_scale)), (ctx.train,),
+                          meter=ctx.meter)
     posterior = run(TemperedSMC(**{"num_particles": ctx.num_particles, **options}), potential, seed=ctx.seed,
                     meter=ctx.meter, progress=ctx.progress)
     outcome = posterior_outcome(ctx, posterior, potential, likelihood_free=False)
-    outcome.summary.update(point_calls=point_calls, point_norm=float(centre.norm()))
+    outcome.summary.update(point_calls=centre.api_calls, point_norm=centre.norm)
     return outcome
 
 

@@ -1,0 +1,151 @@
+"""Empirical-Bayes prior centre: ``fit_dev_centre`` and ``FitConfig(prior_centre="dev")``.
+
+Fast tests on the fake black box (:class:`bayesprompt.testing.FakeBlackBox`); the
+pipeline's backend is swapped for it as in ``test_runs``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bayesprompt import cli, pipeline
+from bayesprompt.data import get_task
+from bayesprompt.data.task import Example
+from bayesprompt.inference.empirical_bayes import DevCentre, fit_dev_centre
+from bayesprompt.lm import Meter
+from bayesprompt.models.potential import Potential
+from bayesprompt.models.projection import RandomProjection
+from bayesprompt.models.prompt import PromptModel
+from bayesprompt.runs import RunDirectory, RunDirectoryError
+from bayesprompt.testing import FakeBlackBox
+
+TASK = get_task("sst2")
+
+
+def _dev_problem(budget: int | None):
+    box = FakeBlackBox(TASK, embed_dim=4, seed=0, meter=Meter(budget))
+    projection = RandomProjection.from_embeddings(box.embedding_table(), intrinsic_dim=3, n_tokens=2, seed=0)
+    dev = box.encode([Example(f"dev text {i}", i % 2) for i in range(8)])
+    return box, PromptModel(box, projection), dev
+
+
+def test_dev_centre_raises_the_dev_likelihood_within_its_share():
+    box, model, dev = _dev_problem(budget=200)
+    centre = fit_dev_centre(model, dev, 60, meter=box.meter, popsize=6, seed=0, progress=False)
+    assert 0 < centre.api_calls <= 60 and box.meter.calls == centre.api_calls
+    assert box.meter.budget == 200  # the overall budget is restored after the stage
+    potential = Potential(model, (dev,))
+    potential.discover_sites()
+    at_zero, at_centre = potential.evaluate(torch.stack([torch.zeros(3), centre.z])).log_likelihood.tolist()
+    assert at_centre == pytest.approx(centre.dev_log_likelihood, abs=1e-4)
+    assert at_centre > at_zero + 0.1  # CMA-ES improved on its start at z = 0
+    prior = centre.prior(0.5)
+    assert torch.equal(prior.mean, centre.z) and torch.allclose(prior.stddev, torch.full((3,), 0.5))
+
+
+def test_dev_centre_rejects_bad_input():
+    box, model, dev = _dev_problem(budget=None)
+    with pytest.raises(ValueError, match="less than one CMA-ES population"):
+        fit_dev_centre(model, dev, 5, meter=box.meter, popsize=6, progress=False)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        DevCentre(torch.zeros(3), 0, 0.0, 0).prior(0.0)
+
+
+# ---------------------------------------------------------------------------- the pipeline
+@pytest.fixture
+def fake_backend(monkeypatch):
+    monkeypatch.setattr(
+        pipeline, "_backend",
+        lambda config, task, meter: FakeBlackBox(task, embed_dim=8, seed=0, meter=meter, precision=config.precision),
+    )
+    monkeypatch.setattr(pipeline, "plot_run", lambda directory: [])
+
+
+BASE = dict(task="sst2", budget=300, k=4, dev_k=2, test_size=10, intrinsic_dim=5, n_tokens=2, num_particles=8,
+            prior_centre="dev", engine_options={"max_moves": 2})
+
+
+def test_dev_centred_prior_pins_the_particles_to_the_saved_centre(tmp_path, fake_backend):
+    config = pipeline.FitConfig(out=str(tmp_path / "run"), prior_scale=0.01, **BASE)
+    result = pipeline.fit(config, progress=False)
+    run = RunDirectory(tmp_path / "run")
+    centre = run.read_prior_centre()
+    z = result.posterior.samples["z"].reshape(result.posterior.num_samples, -1)
+    assert centre.norm > 0.1  # moved off 0 on the dev split
+    assert (z - centre.z).norm(dim=-1).max() < 0.1  # prior sd 0.01 in 5 dimensions: the prior wins
+    info = result.metrics["prior_centre"]
+    assert info["api_calls"] == centre.api_calls and 0 < info["api_calls"] <= config.dev_centre_budget == 150
+    assert info["norm"] == pytest.approx(centre.norm)
+    assert result.metrics["inference_api_calls"]["calls"] <= 300  # dev stage and engine share one budget
+    assert json.loads(run.file("config.json").read_text())["config"]["prior_centre"] == "dev"
+
+
+def test_zero_centre_writes_no_centre_file(tmp_path, fake_backend):
+    config = pipeline.FitConfig(out=str(tmp_path / "run"), **{**BASE, "prior_centre": "zero"})
+    result = pipeline.fit(config, progress=False)
+    assert "prior_centre" not in result.metrics and not (tmp_path / "run" / "prior_centre.npz").exists()
+
+
+def test_resume_reads_the_centre_and_refuses_a_missing_one(tmp_path, fake_backend, monkeypatch):
+    config = pipeline.FitConfig(out=str(tmp_path / "ref"), **BASE)
+    reference = pipeline.fit(config, progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    original = RunDirectory.write_checkpoint
+    written = []
+
+    def write_then_die(self, checkpoint, codec):
+        original(self, checkpoint, codec)
+        written.append(checkpoint.iteration)
+        if len(written) == 2:
+            raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunDirectory, "write_checkpoint", write_then_die)
+        with pytest.raises(Interrupted):
+            pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "cut"), **BASE), progress=False)
+    resumed = pipeline.resume(tmp_path / "cut", progress=False)
+    assert torch.equal(reference.posterior.samples["z"], resumed.posterior.samples["z"])
+    assert reference.metrics["prior_centre"] == resumed.metrics["prior_centre"]
+    assert RunDirectory(tmp_path / "cut").read_meter() == RunDirectory(tmp_path / "ref").read_meter()
+    (tmp_path / "cut" / "prior_centre.npz").unlink()
+    with pytest.raises(RunDirectoryError, match="prior_centre.npz: missing file"):
+        pipeline.resume(tmp_path / "cut", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"prior_centre": "mean"}, "prior_centre must be one of"),
+        ({"prior_centre_share": 1.0}, "prior_centre_share must be in"),
+        ({"engine": "abc-smc"}, "likelihood-free"),
+        ({"budget": None}, "needs a budget"),
+        ({"budget": 30}, "less than one CMA-ES population"),
+        ({"prior_scale": 0.0}, "prior_scale must be > 0"),
+    ],
+)
+def test_config_rejects_bad_prior_centre_settings(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline.FitConfig(**{**BASE, **overrides})
+
+
+def test_engine_budget_leaves_the_dev_stage_out():
+    config = pipeline.FitConfig(**{**BASE, "engine": "ensemble-mcmc", "engine_options": {}})
+    assert (config.dev_centre_budget, config.engine_budget) == (150, 150)
+    assert pipeline.FitConfig(**{**BASE, "prior_centre": "zero"}).engine_budget == 300
+
+
+def test_cli_passes_the_prior_centre(tmp_path, fake_backend, capsys):
+    out = tmp_path / "run"
+    args = ["fit", "--task", "sst2", "--particles", "8", "--intrinsic-dim", "4", "--n-tokens", "2", "--k", "4",
+            "--dev-k", "2", "--test-size", "10", "--budget", "200", "--option", "max_moves=2", "--quiet",
+            "--prior-centre", "dev", "--prior-centre-share", "0.3", "--out", str(out)]
+    assert cli.main(args) == 0
+    saved = RunDirectory(out).read_config()
+    assert (saved["prior_centre"], saved["prior_centre_share"]) == ("dev", 0.3)
+    assert 0 < RunDirectory(out).read_metrics()["prior_centre"]["api_calls"] <= 60
