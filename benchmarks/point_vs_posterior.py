@@ -10,11 +10,17 @@ one table row per set of prompts:
   would have to give up to reach BBT's point and how much likelihood it would gain;
 - test accuracy and NLL of the set's equally weighted ensemble (SMC: weighted);
 - BBT's z with isotropic noise added, and scaled along its ray, which show whether the
-  likelihood cares about the norm of z or only about its direction.
+  likelihood cares about the norm of z or only about its direction;
+- with ``--dev-centre-budget N``: the prompt CMA-ES tunes on the dev log-likelihood in N
+  calls (:func:`~bayesprompt.inference.empirical_bayes.fit_dev_centre`) and the SMC
+  particles under the prior ``N(z_dev, prior_scale^2 I)`` (the ``smc-devprior`` method),
+  which show whether the dev prompt itself or the posterior around it is to blame.
 
 Usage::
 
     python -m benchmarks.point_vs_posterior --task agnews --seed 0 --point-budget 500 --test-size 300
+    python -m benchmarks.point_vs_posterior --task sst2 --seed 0 --dev-centre-budget 1000 \
+        --posterior-budget 1000 --no-probes --test-size 0
 
 Each row costs one API call per prompt on the training batch and one per prompt on the
 test batch; the two fits cost their budgets.
@@ -37,6 +43,7 @@ from benchmarks.run import BenchmarkConfig, Resources, preset
 from bayesprompt.data import get_task
 from bayesprompt.inference import run
 from bayesprompt.inference.cma import CMAES
+from bayesprompt.inference.empirical_bayes import fit_dev_centre
 from bayesprompt.inference.smc import TemperedSMC
 from bayesprompt.lm import Meter
 from bayesprompt.metrics import classification_report
@@ -69,6 +76,7 @@ def compare(
     noise_scales: Sequence[float] = (0.25, 0.5, 1.0),
     ray_scales: Sequence[float] = (0.5, 2.0),
     num_noise: int = 16,
+    dev_centre_budget: int = 0,
 ) -> list[Row]:
     """Fit BBT and tempered SMC on one cell of the suite and describe their prompts.
 
@@ -88,6 +96,10 @@ def compare(
         Factors ``t`` of the points ``t * z_BBT``.
     num_noise : int
         Noise draws per scale.
+    dev_centre_budget : int
+        If positive, also tune a prompt on the dev log-likelihood in this many calls and
+        sample the training posterior under the prior centred on it (``posterior_budget``
+        calls), as the ``smc-devprior`` method does.
 
     Returns
     -------
@@ -97,6 +109,8 @@ def compare(
         raise ValueError(f"point_budget and posterior_budget must be >= 1, got {point_budget} and {posterior_budget}")
     if num_noise < 1:
         raise ValueError(f"num_noise must be >= 1, got {num_noise}")
+    if dev_centre_budget < 0:
+        raise ValueError(f"dev_centre_budget must be >= 0 (0: skip the dev-centred rows), got {dev_centre_budget}")
     task = get_task(task_name)
     resources = Resources(config)
     meter = Meter()
@@ -107,10 +121,10 @@ def compare(
     test, _ = resources.evaluation_batch(task, backend)
     potential = Potential(PromptModel(backend, projection, prior_scale=config.prior_scale), (train,), meter=meter)
 
-    def fit(engine, budget: int):
+    def fit(engine, budget: int, target: Potential = potential):
         before = meter.calls
         with meter.capped(budget):
-            return run(engine, potential, seed=seed, meter=meter, progress=False), meter.calls - before
+            return run(engine, target, seed=seed, meter=meter, progress=False), meter.calls - before
 
     point, point_calls = fit(CMAES(popsize=20, dev_score=dev_accuracy_score(potential, dev)), point_budget)
     posterior, posterior_calls = fit(TemperedSMC(num_particles=config.num_particles), posterior_budget)
@@ -139,6 +153,17 @@ def compare(
     ]
     rows += [row(f"BBT z + N(0, {s:g}^2 I)", z_point + s * noise) for s in noise_scales]
     rows += [row(f"{t:g} x BBT z", t * z_point) for t in ray_scales]
+    if dev_centre_budget:
+        centre = fit_dev_centre(PromptModel(backend, projection, prior_scale=config.prior_scale), dev,
+                                dev_centre_budget, meter=meter, seed=seed, progress=False)
+        centred = Potential(PromptModel(backend, projection, prior=centre.prior(config.prior_scale)), (train,), meter=meter)
+        around, around_calls = fit(TemperedSMC(num_particles=config.num_particles), posterior_budget, centred)
+        z_around = around.samples["z"].reshape(around.num_samples, -1).float()
+        rows += [
+            row(f"dev-tuned z ({centre.api_calls} calls; dev log-lik {centre.dev_log_likelihood:.1f})", centre.z[None]),
+            row(f"SMC particles, prior N(z_dev, I) ({around_calls} calls)", z_around,
+                predict(around, centred.with_args(test), test).mean()),
+        ]
     return rows
 
 
@@ -164,6 +189,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="split and engine seed")
     parser.add_argument("--point-budget", type=int, default=500, help="BBT's API budget")
     parser.add_argument("--posterior-budget", type=int, default=2000, help="tempered SMC's API budget")
+    parser.add_argument("--dev-centre-budget", type=int, default=0,
+                        help="also tune a prompt on dev in this many calls and sample around it (0: skip)")
+    parser.add_argument("--no-probes", action="store_true", help="skip the noise and ray probes around BBT's z")
     parser.add_argument("--test-size", type=int, default=300, help="class-balanced test subsample (0: whole test set)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     parser.add_argument("--config", choices=("smoke", "full"), default="full", help="benchmark preset for the rest")
@@ -181,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         length_bucket=64,
         **({"data_dir": args.data_dir} if args.data_dir else {}),
     )
-    rows = compare(config, args.task, args.seed, args.point_budget, args.posterior_budget)
+    probes = {"noise_scales": (), "ray_scales": ()} if args.no_probes else {}
+    rows = compare(config, args.task, args.seed, args.point_budget, args.posterior_budget,
+                   dev_centre_budget=args.dev_centre_budget, **probes)
     print(format_table(rows))
     if args.json:
         payload: list[dict[str, Any]] = [dataclasses.asdict(r) for r in rows]

@@ -443,6 +443,21 @@ def test_point_vs_posterior_rows_on_fake_box(data_dir):
         compare(config, "sst2", 0, num_noise=0)
 
 
+def test_point_vs_posterior_dev_centre_rows_on_fake_box(data_dir):
+    from benchmarks.point_vs_posterior import compare
+
+    config = dataclasses.replace(fake_config(data_dir), prior_scale=0.01)
+    rows = compare(config, "sst2", 0, point_budget=40, posterior_budget=64, noise_scales=(), ray_scales=(),
+                   dev_centre_budget=60)
+    assert [r.name.split(" (")[0] for r in rows[4:]] == ["dev-tuned z", "SMC particles, prior N(z_dev, I)"]
+    centre, around = rows[4], rows[5]
+    assert centre.size == 1 and around.size == config.num_particles
+    assert centre.norm > 0.5 and around.norm == pytest.approx(centre.norm, abs=0.1)  # prior sd 0.01 pins them
+    assert rows[2].norm < 0.1  # the N(0, 0.01^2 I) posterior stays at 0
+    with pytest.raises(ValueError, match="dev_centre_budget"):
+        compare(config, "sst2", 0, dev_centre_budget=-1)
+
+
 @pytest.mark.slow
 def test_point_vs_posterior_command_on_minilm(tmp_path, data_dir, capsys):
     from benchmarks.point_vs_posterior import main as diagnose
