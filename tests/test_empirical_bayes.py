@@ -149,3 +149,20 @@ def test_cli_passes_the_prior_centre(tmp_path, fake_backend, capsys):
     saved = RunDirectory(out).read_config()
     assert (saved["prior_centre"], saved["prior_centre_share"]) == ("dev", 0.3)
     assert 0 < RunDirectory(out).read_metrics()["prior_centre"]["api_calls"] <= 60
+
+
+def test_cma_family_starts_at_the_prior_mean():
+    """BBT starts at u = 0, the default prior's mean; under a centred prior it starts at the centre."""
+    from bayesprompt.inference.cma import CMAELBO, CMAES
+
+    box, _, dev = _dev_problem(budget=None)
+    projection = RandomProjection.from_embeddings(box.embedding_table(), intrinsic_dim=3, n_tokens=2, seed=0)
+    centre = torch.tensor([1.5, -2.0, 0.5])
+    for prior, expected in ((None, torch.zeros(3)), (DevCentre(centre, 0, 0.0, 0).prior(0.3), centre)):
+        potential = Potential(PromptModel(box, projection, prior=prior), (dev,), meter=box.meter)
+        state = CMAES(popsize=4).init(potential, 0)
+        assert torch.equal(state.best_u, expected) and torch.allclose(torch.as_tensor(state.strategy.mean).float(), expected)
+        elbo = CMAELBO(popsize=4).init(potential, 0)
+        assert torch.allclose(elbo.best_params[:3].float(), expected)
+        assert torch.allclose(elbo.prior.mean.float(), expected)
+    assert box.meter.calls == 0  # starting costs no query

@@ -20,6 +20,7 @@ from bayesprompt.models.potential import PARTICLE_PLATE, Potential
 
 __all__ = [
     "GaussianPrior",
+    "fixed_gaussian_prior",
     "full_batch_shape",
     "gaussian_prior",
     "per_particle_rows",
@@ -104,6 +105,28 @@ class GaussianPrior:
             and torch.allclose(self.mean, mean, rtol=1e-6, atol=1e-9)
             and torch.allclose(self.cov, cov, rtol=1e-6, atol=1e-9)
         )
+
+
+def fixed_gaussian_prior(potential: Potential) -> GaussianPrior | None:
+    """The prior as a fixed Gaussian on ``u`` (see :mod:`bayesprompt.models.priors`), else ``None``.
+
+    Two prior draws are traced (free when the Potential has a meter). ``None`` (any other
+    prior) tells CMA-ELBO to estimate its KL term by Monte Carlo and the CMA-ES family to
+    start at ``u = 0``.
+
+    Examples
+    --------
+    >>> from bayesprompt.testing import LinearGaussian
+    >>> problem = LinearGaussian.random(dim=3, prior_scale=2.0)
+    >>> prior = fixed_gaussian_prior(Potential(problem.model, meter=problem.meter))
+    >>> torch.diagonal(prior.cov).tolist()
+    [4.0, 4.0, 4.0]
+    """
+    trace = potential.prior_trace(2, torch.Generator().manual_seed(0))
+    try:
+        return gaussian_prior(trace, potential)
+    except ValueError:
+        return None
 
 
 def gaussian_prior(trace: poutine.Trace, potential: Potential) -> GaussianPrior:

@@ -21,6 +21,7 @@ import torch
 from bayesprompt.inference.base import Engine
 from bayesprompt.inference.posterior import Posterior, Status
 from bayesprompt.models.potential import Potential
+from bayesprompt.models.priors import GaussianPrior, fixed_gaussian_prior
 
 __all__ = ["CMAES", "CMAState"]
 
@@ -113,10 +114,16 @@ class CMAES(Engine[CMAState]):
         self.diagonal = diagonal
 
     def init(self, potential: Potential, seed: int) -> CMAState:
-        """Start at the prior draw-free point ``u = 0`` (BBT's initialisation)."""
+        """Start at the prior mean (``u = 0`` under BBT's prior; see :func:`start_point`).
+
+        The prior is read for free when the Potential has a meter; without one, reading it
+        would cost a query, so the start is ``u = 0``.
+        """
         potential.discover_sites(torch.Generator().manual_seed(seed))
-        strategy = new_strategy(np.zeros(potential.dim), self.sigma0, self.popsize, seed, self.diagonal)
-        return CMAState(strategy, 0, torch.zeros(potential.dim), -math.inf, math.inf)
+        prior = fixed_gaussian_prior(potential) if potential.meter is not None else None  # free only with a meter
+        x0 = start_point(prior, potential.dim)
+        strategy = new_strategy(x0.numpy(), self.sigma0, self.popsize, seed, self.diagonal)
+        return CMAState(strategy, 0, x0.float(), -math.inf, math.inf)
 
     def step(self, potential: Potential, state: CMAState) -> tuple[CMAState, dict[str, Any]]:
         """Ask a population, score it in one call, tell the losses; maybe score the mean on dev."""
@@ -199,6 +206,24 @@ class StrategyRandn:
 
     def __call__(self, *shape: int) -> np.ndarray:
         return self.rng.standard_normal(shape)
+
+
+def start_point(prior: GaussianPrior | None, dim: int) -> torch.Tensor:
+    """Where the CMA-ES family starts: the prior mean of ``u`` ``[dim]`` (float64).
+
+    ``prior`` is the model's prior as a fixed Gaussian
+    (:func:`~bayesprompt.models.priors.fixed_gaussian_prior`): its mean is ``u = 0`` under
+    the default ``N(0, s^2 I)`` prompt prior (BBT's start) and the dev prompt under a
+    dev-centred prior. Any other prior (``None``) starts at ``u = 0``.
+
+    Examples
+    --------
+    >>> start_point(None, 2).tolist()
+    [0.0, 0.0]
+    >>> start_point(GaussianPrior.from_moments(torch.ones(2), torch.eye(2)), 2).tolist()
+    [1.0, 1.0]
+    """
+    return torch.zeros(dim, dtype=torch.float64) if prior is None else prior.mean.clone()
 
 
 def new_strategy(x0: np.ndarray, sigma0: float, popsize: int, seed: int, diagonal: bool) -> Any:

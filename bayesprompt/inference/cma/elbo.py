@@ -34,11 +34,19 @@ import numpy as np
 import torch
 
 from bayesprompt.inference.base import Engine, generator_from, make_generator
-from bayesprompt.inference.cma.bbt import DevScore, ask, dev_due, new_strategy, strategy_stop_reason, tell
+from bayesprompt.inference.cma.bbt import (
+    DevScore,
+    ask,
+    dev_due,
+    new_strategy,
+    start_point,
+    strategy_stop_reason,
+    tell,
+)
 from bayesprompt.inference.posterior import Posterior
-from bayesprompt.models import priors
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.priors import GaussianPrior
+from bayesprompt.models.priors import fixed_gaussian_prior as gaussian_prior
 
 __all__ = ["CMAELBO", "CMAELBOState", "NegativeELBO", "gaussian_prior"]
 
@@ -157,15 +165,14 @@ class CMAELBO(Engine[CMAELBOState]):
 
     # ------------------------------------------------------------------ engine API
     def init(self, potential: Potential, seed: int) -> CMAELBOState:
-        """Start at ``m = 0``, ``s = init_std``; detect a Gaussian prior (no query)."""
+        """Start at ``m`` = the prior mean (see :func:`start_point`), ``s = init_std``; no query."""
         generator = make_generator(seed)
         potential.discover_sites(generator)
         dim = potential.dim
-        theta0 = torch.cat([torch.zeros(dim), torch.full((dim,), math.log(self.init_std))]).double()
+        prior = gaussian_prior(potential)
+        theta0 = torch.cat([start_point(prior, dim), torch.full((dim,), math.log(self.init_std))]).double()
         strategy = new_strategy(theta0.numpy(), self.sigma0, self.popsize, seed, self.diagonal)
-        return CMAELBOState(
-            strategy, 0, theta0, -math.inf, math.inf, generator.get_state(), gaussian_prior(potential)
-        )
+        return CMAELBOState(strategy, 0, theta0, -math.inf, math.inf, generator.get_state(), prior)
 
     def step(self, potential: Potential, state: CMAELBOState) -> tuple[CMAELBOState, dict[str, Any]]:
         """Draw ``epsilon``, score the population's negative ELBOs in one call, tell them."""
@@ -263,27 +270,6 @@ class CMAELBO(Engine[CMAELBOState]):
         if score > state.best_score:
             return replace(state, best_params=theta, best_score=score)
         return state
-
-
-def gaussian_prior(potential: Potential) -> GaussianPrior | None:
-    """The prior as a fixed Gaussian on ``u`` (see :mod:`bayesprompt.models.priors`), else ``None``.
-
-    Two prior draws are traced (free when the Potential has a meter); ``None`` means the
-    KL term falls back to a Monte Carlo estimate.
-
-    Examples
-    --------
-    >>> from bayesprompt.testing import LinearGaussian
-    >>> problem = LinearGaussian.random(dim=3, prior_scale=2.0)
-    >>> prior = gaussian_prior(Potential(problem.model, meter=problem.meter))
-    >>> torch.diagonal(prior.cov).tolist()
-    [4.0, 4.0, 4.0]
-    """
-    trace = potential.prior_trace(2, torch.Generator().manual_seed(0))
-    try:
-        return priors.gaussian_prior(trace, potential)
-    except ValueError:
-        return None
 
 
 def _check_at_least(**values: tuple[int, int]) -> None:
