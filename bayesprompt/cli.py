@@ -7,6 +7,11 @@ and write the run directory (checkpointed after every engine step)::
 
     bayesprompt fit --task sst2 --engine smc --budget 2000 --out runs/sst2-smc
 
+Centre the prior on a prompt tuned on the dev split first (empirical Bayes; half the
+budget goes to that CMA-ES stage)::
+
+    bayesprompt fit --task agnews --engine smc --budget 2000 --prior-centre dev --out runs/agnews-dev
+
 Continue a killed run from its last checkpoint (same result as an uninterrupted run)::
 
     bayesprompt fit --resume runs/sst2-smc
@@ -34,7 +39,8 @@ __all__ = ["main", "build_parser"]
 _FIT_DESCRIPTION = (
     "Fit a posterior over soft prompts on a few-shot task, evaluate the ensemble on the test "
     "split and write a run directory (config.json, projection.npz, checkpoint.npz after every "
-    "engine step, diagnostics.jsonl, posterior.{json,npz}, meter.json, metrics.json, "
+    "engine step, prior_centre.npz with --prior-centre dev, diagnostics.jsonl, posterior.{json,npz}, "
+    "meter.json, metrics.json, "
     "predictions.npz, plots/). With --resume RUN, continue RUN from its last checkpoint "
     "instead; the config is read from RUN/config.json, so no other option may be given."
 )
