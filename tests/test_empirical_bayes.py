@@ -1,7 +1,7 @@
 """Empirical-Bayes prior centre: ``fit_dev_centre`` and ``FitConfig(prior_centre="dev")``.
 
 Fast tests on the fake black box (:class:`bayesprompt.testing.FakeBlackBox`); the
-pipeline's backend is swapped for it as in ``test_runs``.
+pipeline's backend is swapped for it by the ``fake_backend`` fixture (conftest).
 """
 
 from __future__ import annotations
@@ -55,15 +55,6 @@ def test_dev_centre_rejects_bad_input():
 
 
 # ---------------------------------------------------------------------------- the pipeline
-@pytest.fixture
-def fake_backend(monkeypatch):
-    monkeypatch.setattr(
-        pipeline, "_backend",
-        lambda config, task, meter: FakeBlackBox(task, embed_dim=8, seed=0, meter=meter, precision=config.precision),
-    )
-    monkeypatch.setattr(pipeline, "plot_run", lambda directory: [])
-
-
 BASE = dict(task="sst2", budget=300, k=4, dev_k=2, test_size=10, intrinsic_dim=5, n_tokens=2, num_particles=8,
             prior_centre="dev", engine_options={"max_moves": 2})
 

@@ -364,16 +364,6 @@ class Interrupted(Exception):
     """Stands in for a kill right after a checkpoint was written."""
 
 
-@pytest.fixture
-def fake_backend(monkeypatch):
-    """The pipeline builds a fake black box instead of loading MiniLM, and draws no plots (tested in test_cli)."""
-    monkeypatch.setattr(
-        pipeline, "_backend",
-        lambda config, task, meter: FakeBlackBox(task, embed_dim=8, seed=0, meter=meter, precision=config.precision),
-    )
-    monkeypatch.setattr(pipeline, "plot_run", lambda directory: [])
-
-
 def _interrupt_after(monkeypatch, checkpoints: int) -> None:
     original = RunDirectory.write_checkpoint
     written = []
