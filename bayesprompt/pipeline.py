@@ -254,6 +254,8 @@ class FitConfig:
         for name in ("k", "dev_k", "n_tokens", "intrinsic_dim", "num_particles"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prior_scale <= 0:
+            raise ValueError(f"prior_scale must be > 0, got {self.prior_scale}")
         if self.test_size is not None and self.test_size < 1:
             raise ValueError(f"test_size must be >= 1 or None, got {self.test_size}")
         if self.vote_smoothing != "dev" and not (
@@ -268,8 +270,6 @@ class FitConfig:
             )
 
     def _check_prior_centre(self) -> None:
-        if self.prior_scale <= 0:
-            raise ValueError(f"prior_scale must be > 0, got {self.prior_scale}")
         if self.prior_centre not in PRIOR_CENTRES:
             raise ValueError(f"prior_centre must be one of {PRIOR_CENTRES}, got {self.prior_centre!r}")
         if not 0.0 < self.prior_centre_share < 1.0:
