@@ -445,6 +445,16 @@ def _eki_engine(ctx: MethodContext, potential: Potential) -> Engine:
     return EKI(**_options(ctx, {"num_ensemble": ctx.num_particles}))
 
 
+#: ``eki-mda``: EKI forced through at least this many tempering steps (``max_step = 1 / n``).
+EKI_MDA_STEPS = 8
+
+
+def _eki_mda_engine(ctx: MethodContext, potential: Potential) -> Engine:
+    from bayesprompt.inference.kalman import EKI
+
+    return EKI(**_options(ctx, {"num_ensemble": ctx.num_particles, "max_step": 1.0 / EKI_MDA_STEPS}))
+
+
 def _eks_engine(ctx: MethodContext, potential: Potential) -> Engine:
     from bayesprompt.inference.kalman import EKS
 
@@ -569,6 +579,9 @@ def default_registry() -> dict[str, MethodSpec]:
                    requires=(f"{smc}.abc_mcmc:AdaptiveABCSMC",), budget_free=True),
         MethodSpec("eki", "EKI", "ours", "ensemble Kalman inversion, tempered to the posterior",
                    _engine_fitter(_eki_engine), requires=(f"{kalman}:EKI",), budget_free=True),
+        MethodSpec("eki-mda", "EKI, 8 steps (ES-MDA)", "ours",
+                   f"EKI with max_step = 1/{EKI_MDA_STEPS}: at least {EKI_MDA_STEPS} smaller Kalman updates, as in ES-MDA",
+                   _engine_fitter(_eki_mda_engine), requires=(f"{kalman}:EKI",), budget_free=True),
         MethodSpec("eks", "EKS", "ours", "ensemble Kalman sampler (ALDI correction)",
                    _engine_fitter(_eks_engine), requires=(f"{kalman}:EKS",)),
         MethodSpec("ensemble-mcmc", "Ensemble sampler (MCMC)", "ours",

@@ -370,6 +370,16 @@ def test_smc_dev_conditions_on_the_train_and_dev_examples(tmp_path, data_dir):
     assert records["smc-dev"]["config_hash"] != records["smc"]["config_hash"]
 
 
+def test_eki_mda_takes_at_least_its_steps_to_reach_the_posterior(tmp_path, data_dir):
+    from benchmarks.methods import EKI_MDA_STEPS
+
+    config = fake_config(data_dir, methods=("eki", "eki-mda"), budgets=(2000,), num_particles=8)
+    summary = {r["method"]: r["summary"] for r in run_suite(config, tmp_path, log=None).records}
+    assert summary["eki-mda"]["time"] == pytest.approx(1.0) and summary["eki"]["time"] == pytest.approx(1.0)
+    assert summary["eki-mda"]["iterations"] >= EKI_MDA_STEPS > summary["eki"]["iterations"]
+    assert summary["eki-mda"]["evaluations"] == 8 * summary["eki-mda"]["iterations"]
+
+
 def test_smc_devprior_centres_the_prior_on_a_prompt_tuned_on_dev(data_dir):
     """With a tight prior the particles sit at the dev-tuned centre, not at 0; both stages share the budget."""
     from benchmarks.methods import MethodContext, fit_smc_dev_prior
