@@ -212,6 +212,34 @@ def test_grid_and_cache_keys():
     assert cell_hash(dataclasses.replace(config, precision="fp32"), cell) != cell_hash(config, cell)
     assert cell_hash(dataclasses.replace(config, seeds=(5,), data_dir="/elsewhere"), cell) == cell_hash(config, cell)
     assert cell_hash(dataclasses.replace(config, length_bucket=64), cell) != cell_hash(config, cell)
+    assert cell_hash(dataclasses.replace(config, evaluation_length_bucket=None), cell) == cell_hash(config, cell)
+
+
+def test_evaluation_length_bucket_changes_speed_not_results_or_keys(tmp_path, data_dir):
+    """Test sets sorted into length buckets score as contiguous chunks do (fp32 fake box: to rounding)."""
+    config = fake_config(data_dir, methods=("smc",), test_size=40, evaluation_length_bucket=None)
+    plain = run_suite(config, tmp_path / "plain", log=None).records[0]
+    bucketed = run_suite(dataclasses.replace(config, evaluation_length_bucket=4), tmp_path / "bucketed", log=None).records[0]
+    assert (plain["evaluation_length_bucket"], bucketed["evaluation_length_bucket"]) == (None, 4)
+    assert bucketed["config_hash"] == plain["config_hash"]
+    assert [p.name for p in (tmp_path / "plain" / "cells").glob("*.json")] == [
+        p.name for p in (tmp_path / "bucketed" / "cells").glob("*.json")]
+    for key in ("accuracy", "nll", "brier", "ece", "misclassification_auroc", "ood_auroc"):
+        assert bucketed[key] == pytest.approx(plain[key], abs=1e-5), key
+    assert bucketed["api_calls"] == plain["api_calls"]
+
+
+def test_scoring_length_bucket_is_restored_even_on_error():
+    from benchmarks.run import scoring_length_bucket
+
+    backend = FakeBlackBox(TOY, embed_dim=4, length_bucket=None)
+    with pytest.raises(RuntimeError):
+        with scoring_length_bucket(backend, 8):
+            assert backend.length_bucket == 8
+            raise RuntimeError("evaluation failed")
+    assert backend.length_bucket is None
+    with pytest.raises(ValueError, match="evaluation_length_bucket"):
+        dataclasses.replace(preset("full"), evaluation_length_bucket=0)
 
 
 def test_the_committed_cells_are_found_by_the_current_cache_keys():
