@@ -22,6 +22,11 @@ then draw the calibration, risk-coverage and uncertainty plots::
     bayesprompt evaluate runs/sst2-smc --ood imdb
     bayesprompt plot runs/sst2-smc
 
+Ship the ensemble: predict new inputs (JSON Lines with ``text``, ``text_pair`` for pair
+tasks, and optionally ``label``) with class probabilities and uncertainty scores::
+
+    bayesprompt predict runs/sst2-smc --input reviews.jsonl --out reviews.predictions.jsonl
+
 Errors in the input (unknown task, bad option, missing or corrupt run files) exit with
 status 2 and a one-line message.
 """
@@ -51,6 +56,15 @@ _EVALUATE_DESCRIPTION = (
     "the uncertainty-based selective-prediction report, the OOD report per OOD task (AUROC, "
     "FPR at 95% TPR, risk-rejection AURC) and the ArviZ summary. Queries are metered, not budgeted."
 )
+_PREDICT_DESCRIPTION = (
+    "Predict new inputs with the posterior of a finished run. The input is JSON Lines with the "
+    "fields of the run's task (text, and text_pair for pair tasks); a label is optional and, "
+    "where given, is checked and copied to the output as 'gold'. Each output line holds the "
+    "predicted class (label, label_name), the ensemble's class probabilities (smoothed vote "
+    "shares for likelihood-free runs) and the uncertainty scores (predictive and expected "
+    "entropy, mutual information, 1 - max p, 1 - vote margin). A summary goes to stderr. "
+    "Queries are metered, not budgeted: one call per posterior sample and chunk of inputs."
+)
 _PLOT_DESCRIPTION = (
     "Draw the plots of a run's saved predictions into RUN/plots/: PAV reliability diagram "
     "(binary tasks), top-label reliability diagram, risk-coverage curves and, when OOD "
@@ -76,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bayesian soft prompts for black-box language models. "
         "Run `bayesprompt COMMAND --help` for the options of a command.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="fit, evaluate or plot")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="fit, evaluate, predict or plot")
     _add_fit(sub)
     _add_evaluate(sub)
+    _add_predict(sub)
     _add_plot(sub)
     return parser
 
@@ -143,6 +158,19 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data-dir", default=None, help="data root (default: the run's --data-dir, then $BAYESPROMPT_DATA)")
     evaluate.add_argument("--json", action="store_true", help="print only the metrics, as JSON, instead of a summary")
     evaluate.set_defaults(handler=_evaluate)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser(
+        "predict",
+        help="predict new inputs with a run's posterior (probabilities and uncertainty, JSON Lines)",
+        description=_PREDICT_DESCRIPTION,
+        formatter_class=_DefaultsFormatter,
+    )
+    predict.add_argument("run", metavar="RUN", help="run directory written by `bayesprompt fit --out RUN`")
+    predict.add_argument("--input", required=True, metavar="FILE", help="JSON Lines inputs of the run's task")
+    predict.add_argument("--out", default=None, metavar="FILE", help="JSON Lines output (default: standard output)")
+    predict.set_defaults(handler=_predict)
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:
@@ -251,6 +279,32 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     print(_evaluation_summary(metrics))
     print(f"metrics written to {args.run}/metrics.json, predictions to {args.run}/predictions.npz")
+    return 0
+
+
+def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bayesprompt.data import load_jsonl
+    from bayesprompt.metrics import classification_report
+    from bayesprompt.pipeline import predict_run
+    from bayesprompt.runs import RunDirectory, atomic_write_text
+
+    config = RunDirectory.open(args.run).read_config()
+    task = config.get("task")
+    if not isinstance(task, str):
+        raise ValueError(f"{args.run}/config.json: no 'task' field")
+    forecast = predict_run(args.run, load_jsonl(args.input, task, labelled=False))
+    lines = "".join(json.dumps(row) + "\n" for row in forecast.rows())
+    if args.out is None:
+        sys.stdout.write(lines)
+    else:
+        atomic_write_text(args.out, lines)
+    samples, inputs = forecast.predictions.probs.shape[:2]
+    summary = f"predicted {inputs} inputs with {samples} posterior samples, {forecast.api_calls} API calls"
+    labelled = forecast.labelled
+    if labelled.any():
+        report = classification_report(forecast.probs[labelled], forecast.predictions.labels[labelled])
+        summary += f"; on the {int(labelled.sum())} labelled: accuracy={report['accuracy']:.4f} nll={report['nll']:.4f}"
+    print(summary + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,7 @@ of the engine state after ``init`` and after every engine step, so a killed run
 continues with :func:`resume` (``bayesprompt fit --resume runs/demo``) and reaches the
 same result as an uninterrupted run. :func:`evaluate_run` recomputes the test (and OOD)
 predictions and metrics of a finished run and :func:`plot_run` draws its plots.
+:func:`predict_run` applies a finished run to new inputs (``bayesprompt predict``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from bayesprompt.data import balanced_subsample, few_shot_split, get_task, load_split
-from bayesprompt.data.task import Example, Task
+from bayesprompt.data.task import UNLABELLED, Example, Task
 from bayesprompt.inference.base import Engine, init_state, run
 from bayesprompt.inference.empirical_bayes import DevCentre, fit_dev_centre
 from bayesprompt.inference.posterior import Posterior
@@ -54,12 +55,14 @@ __all__ = [
     "EngineBuilder",
     "FitConfig",
     "FitResult",
+    "Forecast",
     "build_engine",
     "config_from_dict",
     "dev_accuracy_score",
     "evaluate_run",
     "fit",
     "plot_run",
+    "predict_run",
     "resume",
     "write_run",
 ]
@@ -517,15 +520,11 @@ def evaluate_run(
     if ood_size is not None and ood_size < 1:
         raise ValueError(f"ood_size must be >= 1, got {ood_size}")
     run_dir = RunDirectory.open(directory)
-    config = _saved_config(run_dir, run_dir.read_config(), out=str(directory))
+    config = _finished_config(run_dir)
     if data_dir is not None:
         config = dataclasses.replace(config, data_dir=data_dir)
     posterior = run_dir.read_posterior()
-    previous = run_dir.read_metrics() if run_dir.file("metrics.json").is_file() else {}
-    if config.likelihood_free and config.vote_smoothing == "dev":
-        if "vote_smoothing" not in previous:
-            raise RunDirectoryError(f"{run_dir.file('metrics.json')}: no fitted 'vote_smoothing' (fit did not finish)")
-        config = dataclasses.replace(config, vote_smoothing=float(previous["vote_smoothing"]))
+    previous = _previous_metrics(run_dir)
     previous.pop("ood", None)  # from an earlier evaluation, maybe with other OOD tasks
     task = get_task(config.task)
     meter = Meter()
@@ -545,6 +544,104 @@ def evaluate_run(
     readings = run_dir.read_meter() if run_dir.file("meter.json").is_file() else {}
     run_dir.write_meter({**readings, "evaluate": meter.snapshot().to_dict()})
     return metrics
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Ensemble predictions of a finished run on new inputs (see :func:`predict_run`).
+
+    Attributes
+    ----------
+    predictions : EnsemblePredictions
+        Per-sample probabilities ``[S, N, C]`` (one-hot votes for likelihood-free runs);
+        ``labels`` are the inputs' gold labels, :data:`~bayesprompt.data.task.UNLABELLED`
+        where an input has none.
+    probs : Tensor ``[N, C]``
+        The ensemble's probabilities (the vote shares smoothed with the run's fitted
+        ``vote_smoothing`` for likelihood-free runs): what the run's test metrics use.
+    scores : dict of Tensor ``[N]``
+        Uncertainty scores from the same probabilities (higher = more uncertain).
+    label_names : tuple of str
+        Class names of the run's task.
+    api_calls : int
+        Black-box calls the prediction used.
+    """
+
+    predictions: EnsemblePredictions
+    probs: torch.Tensor
+    scores: dict[str, torch.Tensor]
+    label_names: tuple[str, ...]
+    api_calls: int
+
+    @property
+    def labelled(self) -> torch.Tensor:
+        """Boolean mask ``[N]`` of the inputs with a gold label."""
+        return self.predictions.labels != UNLABELLED
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-ready record per input: predicted class, probabilities, uncertainty, gold label."""
+        predicted = self.probs.argmax(-1).tolist()
+        rows = []
+        for i, label in enumerate(predicted):
+            row: dict[str, Any] = {
+                "label": label,
+                "label_name": self.label_names[label],
+                "probs": {name: float(p) for name, p in zip(self.label_names, self.probs[i].tolist())},
+                **{name: float(score[i]) for name, score in self.scores.items()},
+            }
+            gold = int(self.predictions.labels[i])
+            if gold != UNLABELLED:
+                row["gold"] = gold
+            rows.append(row)
+        return rows
+
+
+def predict_run(directory: str | Path, examples: Sequence[Example]) -> Forecast:
+    """Predict new inputs with the posterior of a finished run.
+
+    Every posterior sample scores every input (metered, not budgeted: ``S`` calls per
+    chunk of inputs), and the ensemble average is formed as for the run's test metrics:
+    probability average for score engines, smoothed vote shares for likelihood-free ones.
+
+    Parameters
+    ----------
+    directory : str or Path
+        A run directory written by :func:`fit` (needs ``config.json``, ``projection.npz``
+        and ``posterior.{json,npz}``; ``metrics.json`` too for likelihood-free runs with
+        ``vote_smoothing="dev"``).
+    examples : sequence of Example
+        Inputs of the run's task; labels may be :data:`~bayesprompt.data.task.UNLABELLED`
+        (e.g. from ``load_jsonl(path, task, labelled=False)``).
+
+    Returns
+    -------
+    Forecast
+
+    Examples
+    --------
+    >>> from bayesprompt.data import load_jsonl
+    >>> forecast = predict_run("runs/sst2-smc", load_jsonl("reviews.jsonl", "sst2", labelled=False))  # doctest: +SKIP
+    >>> forecast.rows()[0]["label_name"], forecast.scores["mutual_information"][0]                    # doctest: +SKIP
+    """
+    if not examples:
+        raise ValueError("examples is empty: nothing to predict")
+    run_dir = RunDirectory.open(directory)
+    config = _finished_config(run_dir)
+    task = get_task(config.task)
+    posterior = run_dir.read_posterior()
+    meter = Meter()
+    backend = _backend(config, task, meter)
+    gold = torch.tensor([example.label for example in examples], dtype=torch.long)
+    # the model observes a label; unlabelled inputs get class 0, which changes no probability
+    batch = backend.encode([e if e.label != UNLABELLED else dataclasses.replace(e, label=0) for e in examples])
+    potential = _potential(config, backend, run_dir.read_projection(), batch)
+    potential.discover_sites()
+    predicted = _predict(config, task, posterior, potential, batch)
+    predictions = EnsemblePredictions(predicted.probs, predicted.weights, gold)
+    smoothing = _smoothing(config)
+    return Forecast(
+        predictions, predictions.mean(smoothing), predictions.uncertainty(smoothing), task.label_names, meter.calls
+    )
 
 
 def plot_run(directory: str | Path) -> list[Path]:
@@ -606,6 +703,21 @@ def _setup(config: FitConfig, task: Task, projection: RandomProjection | None) -
     train_batch, dev_batch = backend.encode(train), backend.encode(dev)
     potential = _potential(config, backend, projection, train_batch)
     return _Setup(config, task, meter, backend, projection, potential, train_batch, dev_batch, test)
+
+
+def _previous_metrics(run_dir: RunDirectory) -> dict[str, Any]:
+    return run_dir.read_metrics() if run_dir.file("metrics.json").is_file() else {}
+
+
+def _finished_config(run_dir: RunDirectory) -> FitConfig:
+    """The config of a finished run, with the vote smoothing its fit chose (likelihood-free, ``"dev"``)."""
+    config = _saved_config(run_dir, run_dir.read_config(), out=str(run_dir.path))
+    if config.likelihood_free and config.vote_smoothing == "dev":
+        previous = _previous_metrics(run_dir)
+        if "vote_smoothing" not in previous:
+            raise RunDirectoryError(f"{run_dir.file('metrics.json')}: no fitted 'vote_smoothing' (fit did not finish)")
+        config = dataclasses.replace(config, vote_smoothing=float(previous["vote_smoothing"]))
+    return config
 
 
 def _check_projection(config: FitConfig, projection: RandomProjection) -> None:

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from bayesprompt import cli, pipeline
+from bayesprompt.data import get_task
 from bayesprompt.runs import RunDirectory, RunDirectoryError, StateCodec
 from bayesprompt.testing import FakeBlackBox
 
@@ -44,7 +45,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 
 # ---------------------------------------------------------------------------- help & bad input
-@pytest.mark.parametrize("command", ["", "fit", "evaluate", "plot"])
+@pytest.mark.parametrize("command", ["", "fit", "evaluate", "predict", "plot"])
 def test_help_documents_every_option(command, capsys):
     parser = subcommands()[command]
     with pytest.raises(SystemExit) as exit_info:
@@ -58,7 +59,7 @@ def test_help_documents_every_option(command, capsys):
         if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
             assert action.metavar in text
     if not command:
-        assert all(name in text for name in ("fit", "evaluate", "plot"))
+        assert all(name in text for name in ("fit", "evaluate", "predict", "plot"))
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -148,6 +149,56 @@ def test_vote_smoothing_fixed_value_and_bad_input(tmp_path, fake_backend, capsys
     assert "--vote-smoothing" in capsys.readouterr().err
     with pytest.raises(ValueError, match="leaves no calls"):
         pipeline.FitConfig(engine="abc-mcmc", budget=32, num_particles=32)
+
+
+def _write_inputs(path: Path, examples, labelled: list[bool]) -> Path:
+    rows = [{"text": e.text, **({"label": e.label} if keep else {})} for e, keep in zip(examples, labelled)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize("engine", ["smc", "abc-smc"])
+def test_predict_reproduces_the_runs_test_predictions(tmp_path, capsys, fake_backend, engine):
+    """``predict`` on the run's own test inputs gives its saved test probabilities; labels are optional."""
+    out = tmp_path / "run"
+    option = "max_moves=2" if engine == "smc" else "max_stages=2"
+    assert cli.main(["fit", *FAKE, "--engine", engine, "--option", option, "--out", str(out)]) == 0
+    run = RunDirectory(out)
+    config = pipeline.config_from_dict(run.read_config())
+    test = pipeline._test_examples(get_task("sst2"), config)
+    labelled = [i % 2 == 0 for i in range(len(test))]
+    inputs = _write_inputs(tmp_path / "inputs.jsonl", test, labelled)
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--input", str(inputs), "--out", str(tmp_path / "pred.jsonl")]) == 0
+    err = capsys.readouterr().err
+    rows = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    saved = run.read_predictions().test_probs
+    probs = torch.tensor([[row["probs"]["negative"], row["probs"]["positive"]] for row in rows])
+    assert len(rows) == len(test) and torch.allclose(probs, saved.float(), atol=1e-6)
+    assert [row["label"] for row in rows] == saved.argmax(-1).tolist()
+    assert [row.get("gold") for row in rows] == [e.label if keep else None for e, keep in zip(test, labelled)]
+    assert {"predictive_entropy", "mutual_information", "label_name"} <= set(rows[0])
+    samples = run.read_posterior().num_samples
+    assert f"predicted {len(test)} inputs" in err and f"on the {sum(labelled)} labelled: accuracy=" in err
+
+    forecast = pipeline.predict_run(out, test[:3])  # Python API, to standard output through the CLI too
+    assert forecast.probs.shape == (3, 2) and forecast.api_calls >= samples and bool(forecast.labelled.all())
+    assert cli.main(["predict", str(out), "--input", str(inputs)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(test)
+
+
+def test_predict_bad_input_names_the_file_and_line(tmp_path, capsys, fake_backend):
+    out = tmp_path / "run"
+    assert cli.main(["fit", *FAKE, "--option", "max_moves=1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"txt": "typo"}) + "\n")
+    assert f"{bad}, line 2: missing field 'text'" in _error(capsys, ["predict", str(out), "--input", str(bad)])
+    bad.write_text(json.dumps({"text": "fine", "label": 7}) + "\n")
+    assert "out of range" in _error(capsys, ["predict", str(out), "--input", str(bad)])
+    assert "no such run directory" in _error(capsys, ["predict", str(tmp_path / "nope"), "--input", str(bad)])
+    with pytest.raises(ValueError, match="empty"):
+        pipeline.predict_run(out, [])
 
 
 # ---------------------------------------------------------------------------- real MiniLM, kill and resume

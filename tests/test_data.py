@@ -196,6 +196,21 @@ def test_load_jsonl_pair_task(tmp_path):
     ]
 
 
+def test_load_jsonl_for_prediction_makes_labels_optional_but_checks_given_ones(tmp_path):
+    from bayesprompt.data import UNLABELLED
+
+    rows = [{"text": "P.", "text_pair": "H."}, {"text": "P2.", "text_pair": "H2.", "label": 1, "label_name": "neutral"}]
+    path = write_jsonl(tmp_path / "inputs.jsonl", rows)
+    assert load_jsonl(path, "snli", labelled=False) == [Example("P.", UNLABELLED, "H."), Example("P2.", 1, "H2.")]
+    with pytest.raises(DataError, match="line 1: missing field 'label'"):
+        load_jsonl(path, "snli")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "P.", "text_pair": "H.", "label": 1, "label_name": "entailment"}])
+    with pytest.raises(DataError, match="line 1: field 'label_name'"):
+        load_jsonl(bad, "snli", labelled=False)
+    with pytest.raises(DataError, match="line 1: missing field 'text_pair'"):
+        load_jsonl(write_jsonl(tmp_path / "nopair.jsonl", [{"text": "P."}]), "snli", labelled=False)
+
+
 def test_load_jsonl_accepts_a_utf8_bom(tmp_path):
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "caf\u00e9", "label": 1}).encode() + b"\n")

@@ -22,12 +22,13 @@ Typical use (``data_dir`` may be omitted when ``$BAYESPROMPT_DATA`` is set)::
 from bayesprompt.data.fewshot import balanced_subsample, few_shot_split
 from bayesprompt.data.loaders import DataError, load_hub, load_jsonl, load_split, resolve_data_dir
 from bayesprompt.data.registry import TASKS, get_task
-from bayesprompt.data.task import Example, HubSource, Task
+from bayesprompt.data.task import UNLABELLED, Example, HubSource, Task
 
 __all__ = [
     "Example",
     "Task",
     "HubSource",
+    "UNLABELLED",
     "TASKS",
     "get_task",
     "DataError",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bayesprompt.data.registry import get_task
-from bayesprompt.data.task import Example, Task
+from bayesprompt.data.task import UNLABELLED, Example, Task
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -143,11 +143,19 @@ def _make_example(
     text_key: str = "text",
     pair_key: str | None = "text_pair",
     label_key: str = "label",
+    labelled: bool = True,
 ) -> Example:
-    """Validate one record and turn it into an :class:`Example`."""
+    """Validate one record and turn it into an :class:`Example`.
+
+    With ``labelled=False`` a record without a label gets :data:`UNLABELLED`; a label
+    that is present is still checked.
+    """
     text = _require_text(record, text_key, where)
-    label = _require_label(record, label_key, task, where)
-    _check_label_name(record, label, task, where)
+    if not labelled and record.get(label_key) is None:
+        label = UNLABELLED
+    else:
+        label = _require_label(record, label_key, task, where)
+        _check_label_name(record, label, task, where)
     if task.is_pair:
         if pair_key is None:
             raise DataError(f"{where}: task {task.name!r} is a pair task but no pair field is configured")
@@ -182,7 +190,7 @@ def _iter_lines(path: Path) -> Iterable[tuple[int, str]]:
                 yield lineno, line
 
 
-def load_jsonl(path: str | os.PathLike[str], task: str | Task) -> list[Example]:
+def load_jsonl(path: str | os.PathLike[str], task: str | Task, *, labelled: bool = True) -> list[Example]:
     """Read and validate a JSON Lines file of examples.
 
     Parameters
@@ -192,6 +200,10 @@ def load_jsonl(path: str | os.PathLike[str], task: str | Task) -> list[Example]:
     task : str or Task
         The task (or built-in task name) the file belongs to; it fixes the number of
         classes, the label names and whether ``text_pair`` is required.
+    labelled : bool
+        Require a ``label`` on every row (the default). ``False`` reads inputs to predict:
+        a row may omit ``label`` (its example gets :data:`~bayesprompt.data.task.UNLABELLED`),
+        and a label that is given is checked as usual.
 
     Returns
     -------
@@ -223,7 +235,7 @@ def load_jsonl(path: str | os.PathLike[str], task: str | Task) -> list[Example]:
     examples = []
     for lineno, line in _iter_lines(path):
         where = f"{path}, line {lineno}"
-        examples.append(_make_example(_parse_line(line, where), task, where))
+        examples.append(_make_example(_parse_line(line, where), task, where, labelled=labelled))
     if not examples:
         raise DataError(f"{path}: the file contains no examples")
     return examples

@@ -22,7 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Example", "Task", "HubSource"]
+__all__ = ["Example", "Task", "HubSource", "UNLABELLED"]
+
+#: The ``label`` of an example read for prediction without a gold label.
+UNLABELLED: int = -1
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class Example:
     text : str
         The sentence (or first sentence / premise of a pair task).
     label : int
-        Class index in ``range(task.num_classes)``.
+        Class index in ``range(task.num_classes)``, or :data:`UNLABELLED` for an input read
+        only to be predicted (``load_jsonl(..., labelled=False)``).
     text_pair : str or None
         Second sentence / hypothesis for sentence-pair tasks, else ``None``.
     """
