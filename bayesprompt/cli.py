@@ -59,8 +59,8 @@ _EVALUATE_DESCRIPTION = (
 _PREDICT_DESCRIPTION = (
     "Predict new inputs with the posterior of a finished run. The input is JSON Lines with the "
     "fields of the run's task (text, and text_pair for pair tasks); a label is optional and, "
-    "where given, is checked and copied to the output as 'gold'. Each output line holds the "
-    "predicted class (label, label_name), the ensemble's class probabilities (smoothed vote "
+    "where given, is checked and copied to the output. Each output line holds the "
+    "predicted class (predicted, predicted_name), the ensemble's class probabilities (smoothed vote "
     "shares for likelihood-free runs) and the uncertainty scores (predictive and expected "
     "entropy, mutual information, 1 - max p, 1 - vote margin). A summary goes to stderr. "
     "Queries are metered, not budgeted: one call per posterior sample and chunk of inputs."
@@ -283,16 +283,11 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _predict(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from bayesprompt.data import load_jsonl
     from bayesprompt.metrics import classification_report
     from bayesprompt.pipeline import predict_run
-    from bayesprompt.runs import RunDirectory, atomic_write_text
+    from bayesprompt.runs import atomic_write_text
 
-    config = RunDirectory.open(args.run).read_config()
-    task = config.get("task")
-    if not isinstance(task, str):
-        raise ValueError(f"{args.run}/config.json: no 'task' field")
-    forecast = predict_run(args.run, load_jsonl(args.input, task, labelled=False))
+    forecast = predict_run(args.run, args.input)
     lines = "".join(json.dumps(row) + "\n" for row in forecast.rows())
     if args.out is None:
         sys.stdout.write(lines)

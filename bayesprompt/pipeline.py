@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bayesprompt.data import balanced_subsample, few_shot_split, get_task, load_split
+from bayesprompt.data import balanced_subsample, few_shot_split, get_task, load_jsonl, load_split
 from bayesprompt.data.task import UNLABELLED, Example, Task
 from bayesprompt.inference.base import Engine, init_state, run
 from bayesprompt.inference.empirical_bayes import DevCentre, fit_dev_centre
@@ -519,19 +519,15 @@ def evaluate_run(
     ood_tasks = [get_task(name) for name in ood]
     if ood_size is not None and ood_size < 1:
         raise ValueError(f"ood_size must be >= 1, got {ood_size}")
-    run_dir = RunDirectory.open(directory)
-    config = _finished_config(run_dir)
+    run_dir, config, task, posterior = _open_finished(directory)
     if data_dir is not None:
         config = dataclasses.replace(config, data_dir=data_dir)
-    posterior = run_dir.read_posterior()
     previous = _previous_metrics(run_dir)
     previous.pop("ood", None)  # from an earlier evaluation, maybe with other OOD tasks
-    task = get_task(config.task)
     meter = Meter()
     backend = _backend(config, task, meter)
     test = backend.encode(_test_examples(task, config))
-    potential = _potential(config, backend, run_dir.read_projection(), test)
-    potential.discover_sites()
+    potential = _run_potential(config, run_dir, backend, test)
     predictions = _predict(config, task, posterior, potential, test)
     size = ood_size if ood_size is not None else config.test_size
     ood_predictions = {
@@ -579,24 +575,30 @@ class Forecast:
         return self.predictions.labels != UNLABELLED
 
     def rows(self) -> list[dict[str, Any]]:
-        """One JSON-ready record per input: predicted class, probabilities, uncertainty, gold label."""
-        predicted = self.probs.argmax(-1).tolist()
+        """One JSON-ready record per input.
+
+        ``predicted`` and ``predicted_name`` (the class of highest ensemble probability),
+        ``probs`` (class name -> probability), one field per uncertainty score, and
+        ``label``, the input's gold label, where it has one.
+        """
+        probs = self.probs.tolist()
+        scores = {name: score.tolist() for name, score in self.scores.items()}
+        gold = self.predictions.labels.tolist()
         rows = []
-        for i, label in enumerate(predicted):
+        for i, predicted in enumerate(self.probs.argmax(-1).tolist()):
             row: dict[str, Any] = {
-                "label": label,
-                "label_name": self.label_names[label],
-                "probs": {name: float(p) for name, p in zip(self.label_names, self.probs[i].tolist())},
-                **{name: float(score[i]) for name, score in self.scores.items()},
+                "predicted": predicted,
+                "predicted_name": self.label_names[predicted],
+                "probs": dict(zip(self.label_names, probs[i])),
+                **{name: values[i] for name, values in scores.items()},
             }
-            gold = int(self.predictions.labels[i])
-            if gold != UNLABELLED:
-                row["gold"] = gold
+            if gold[i] != UNLABELLED:
+                row["label"] = gold[i]
             rows.append(row)
         return rows
 
 
-def predict_run(directory: str | Path, examples: Sequence[Example]) -> Forecast:
+def predict_run(directory: str | Path, inputs: Sequence[Example] | str | Path) -> Forecast:
     """Predict new inputs with the posterior of a finished run.
 
     Every posterior sample scores every input (metered, not budgeted: ``S`` calls per
@@ -609,9 +611,10 @@ def predict_run(directory: str | Path, examples: Sequence[Example]) -> Forecast:
         A run directory written by :func:`fit` (needs ``config.json``, ``projection.npz``
         and ``posterior.{json,npz}``; ``metrics.json`` too for likelihood-free runs with
         ``vote_smoothing="dev"``).
-    examples : sequence of Example
-        Inputs of the run's task; labels may be :data:`~bayesprompt.data.task.UNLABELLED`
-        (e.g. from ``load_jsonl(path, task, labelled=False)``).
+    inputs : sequence of Example, or str or Path
+        Inputs of the run's task, whose labels may be
+        :data:`~bayesprompt.data.task.UNLABELLED`; or a JSON Lines file of them, read with
+        ``load_jsonl(path, task, labelled=False)`` (``label`` optional on each row).
 
     Returns
     -------
@@ -619,28 +622,21 @@ def predict_run(directory: str | Path, examples: Sequence[Example]) -> Forecast:
 
     Examples
     --------
-    >>> from bayesprompt.data import load_jsonl
-    >>> forecast = predict_run("runs/sst2-smc", load_jsonl("reviews.jsonl", "sst2", labelled=False))  # doctest: +SKIP
-    >>> forecast.rows()[0]["label_name"], forecast.scores["mutual_information"][0]                    # doctest: +SKIP
+    >>> forecast = predict_run("runs/sst2-smc", "reviews.jsonl")                    # doctest: +SKIP
+    >>> forecast.rows()[0]["predicted_name"], forecast.scores["mutual_information"][0]  # doctest: +SKIP
     """
+    run_dir, config, task, posterior = _open_finished(directory)
+    examples = load_jsonl(inputs, task, labelled=False) if isinstance(inputs, str | Path) else list(inputs)
     if not examples:
-        raise ValueError("examples is empty: nothing to predict")
-    run_dir = RunDirectory.open(directory)
-    config = _finished_config(run_dir)
-    task = get_task(config.task)
-    posterior = run_dir.read_posterior()
+        raise ValueError("no inputs to predict")
     meter = Meter()
     backend = _backend(config, task, meter)
-    gold = torch.tensor([example.label for example in examples], dtype=torch.long)
-    # the model observes a label; unlabelled inputs get class 0, which changes no probability
-    batch = backend.encode([e if e.label != UNLABELLED else dataclasses.replace(e, label=0) for e in examples])
-    potential = _potential(config, backend, run_dir.read_projection(), batch)
-    potential.discover_sites()
-    predicted = _predict(config, task, posterior, potential, batch)
-    predictions = EnsemblePredictions(predicted.probs, predicted.weights, gold)
+    batch, labels = _blind_batch(backend, examples)
+    predicted = _predict(config, task, posterior, _run_potential(config, run_dir, backend, batch), batch)
+    predictions = EnsemblePredictions(predicted.probs, predicted.weights, labels)
     smoothing = _smoothing(config)
     return Forecast(
-        predictions, predictions.mean(smoothing), predictions.uncertainty(smoothing), task.label_names, meter.calls
+        predictions, _ensemble_probs(config, predictions), predictions.uncertainty(smoothing), task.label_names, meter.calls
     )
 
 
@@ -707,6 +703,20 @@ def _setup(config: FitConfig, task: Task, projection: RandomProjection | None) -
 
 def _previous_metrics(run_dir: RunDirectory) -> dict[str, Any]:
     return run_dir.read_metrics() if run_dir.file("metrics.json").is_file() else {}
+
+
+def _open_finished(directory: str | Path) -> tuple[RunDirectory, FitConfig, Task, Posterior]:
+    """A finished run: its directory, config (see :func:`_finished_config`), task and posterior."""
+    run_dir = RunDirectory.open(directory)
+    config = _finished_config(run_dir)
+    return run_dir, config, get_task(config.task), run_dir.read_posterior()
+
+
+def _run_potential(config: FitConfig, run_dir: RunDirectory, backend: PromptBlackBox, batch: EncodedBatch) -> Potential:
+    """The run's model on ``backend`` and ``batch`` with its saved projection, latent sites known."""
+    potential = _potential(config, backend, run_dir.read_projection(), batch)
+    potential.discover_sites()
+    return potential
 
 
 def _finished_config(run_dir: RunDirectory) -> FitConfig:
@@ -925,10 +935,35 @@ def _predict_ood(
     examples = load_split(ood_task, "test", config.data_dir, allow_proxy=True)
     if size is not None:
         examples = balanced_subsample(examples, ood_task.num_classes, size, seed=config.data_seed)
-    batch = backend.encode(examples, template=ood_task)
-    dummy = dataclasses.replace(batch, labels=torch.zeros_like(batch.labels))
-    predictions = _predict(config, task, posterior, potential, dummy)
-    return EnsemblePredictions(predictions.probs, predictions.weights, batch.labels)
+    return _predict_unseen(config, task, posterior, potential, backend, examples, template=ood_task)
+
+
+def _predict_unseen(
+    config: FitConfig,
+    task: Task,
+    posterior: Posterior,
+    potential: Potential,
+    backend: PromptBlackBox,
+    examples: Sequence[Example],
+    template: Task | None = None,
+) -> EnsemblePredictions:
+    """Predictions on inputs whose labels the model must not see (see :func:`_blind_batch`);
+    they carry the inputs' own labels."""
+    batch, labels = _blind_batch(backend, examples, template)
+    predictions = _predict(config, task, posterior, potential, batch)
+    return EnsemblePredictions(predictions.probs, predictions.weights, labels)
+
+
+def _blind_batch(
+    backend: PromptBlackBox, examples: Sequence[Example], template: Task | None = None
+) -> tuple[EncodedBatch, torch.Tensor]:
+    """Encode OOD or unlabelled inputs for prediction: ``(batch, their labels)``.
+
+    The model observes class 0 for every input (their own labels may not be classes of
+    the run's task, or be ``UNLABELLED``), which changes no predicted probability.
+    """
+    labels = torch.tensor([example.label for example in examples], dtype=torch.long)
+    return backend.encode([dataclasses.replace(example, label=0) for example in examples], template=template), labels
 
 
 def _smoothing(config: FitConfig) -> float:

@@ -579,7 +579,7 @@ def default_registry() -> dict[str, MethodSpec]:
                    requires=(f"{smc}.abc_mcmc:AdaptiveABCSMC",), budget_free=True),
         MethodSpec("eki", "EKI", "ours", "ensemble Kalman inversion, tempered to the posterior",
                    _engine_fitter(_eki_engine), requires=(f"{kalman}:EKI",), budget_free=True),
-        MethodSpec("eki-mda", "EKI, 8 steps (ES-MDA)", "ours",
+        MethodSpec("eki-mda", "EKI, at least 8 steps (ES-MDA)", "ours",
                    f"EKI with max_step = 1/{EKI_MDA_STEPS}: at least {EKI_MDA_STEPS} smaller Kalman updates, as in ES-MDA",
                    _engine_fitter(_eki_mda_engine), requires=(f"{kalman}:EKI",), budget_free=True),
         MethodSpec("eks", "EKS", "ours", "ensemble Kalman sampler (ALDI correction)",

@@ -207,8 +207,8 @@ class BenchmarkConfig:
             raise ValueError("seeds must not be empty")
         for name in ("length_bucket", "evaluation_length_bucket"):
             value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be None or >= 1, got {value}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
 
     def options_for(self, method: str) -> dict[str, Any]:
         """The configured overrides of ``method`` (empty if none)."""

@@ -215,11 +215,34 @@ def test_grid_and_cache_keys():
     assert cell_hash(dataclasses.replace(config, evaluation_length_bucket=None), cell) == cell_hash(config, cell)
 
 
-def test_evaluation_length_bucket_changes_speed_not_results_or_keys(tmp_path, data_dir):
-    """Test sets sorted into length buckets score as contiguous chunks do (fp32 fake box: to rounding)."""
+def test_evaluation_length_bucket_changes_chunks_not_results_or_keys(tmp_path, data_dir, monkeypatch):
+    """Test sets scored in length buckets, training batches not; results as with contiguous chunks."""
+    import benchmarks.run as bench
+
+    chunks: list[tuple[bool, int]] = []  # (evaluating, examples in the chunk)
+    evaluating = [False]
+    score_chunk, evaluate = FakeBlackBox._score_chunk, bench.evaluate
+
+    def spy_chunk(self, prompts, batch):
+        chunks.append((evaluating[0], len(batch)))
+        return score_chunk(self, prompts, batch)
+
+    def spy_evaluate(*args, **kwargs):
+        evaluating[0] = True
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            evaluating[0] = False
+
+    monkeypatch.setattr(FakeBlackBox, "_score_chunk", spy_chunk)
+    monkeypatch.setattr(bench, "evaluate", spy_evaluate)
     config = fake_config(data_dir, methods=("smc",), test_size=40, evaluation_length_bucket=None)
     plain = run_suite(config, tmp_path / "plain", log=None).records[0]
+    plain_chunks, chunks[:] = list(chunks), []
     bucketed = run_suite(dataclasses.replace(config, evaluation_length_bucket=4), tmp_path / "bucketed", log=None).records[0]
+    training = 2 * config.k  # the smoke task is binary
+    assert {n for e, n in plain_chunks if not e} == {n for e, n in chunks if not e} == {training}  # fit: whole batch
+    assert max(n for e, n in plain_chunks if e) == 40 and max(n for e, n in chunks if e) == 4
     assert (plain["evaluation_length_bucket"], bucketed["evaluation_length_bucket"]) == (None, 4)
     assert bucketed["config_hash"] == plain["config_hash"]
     assert [p.name for p in (tmp_path / "plain" / "cells").glob("*.json")] == [
@@ -238,8 +261,9 @@ def test_scoring_length_bucket_is_restored_even_on_error():
             assert backend.length_bucket == 8
             raise RuntimeError("evaluation failed")
     assert backend.length_bucket is None
-    with pytest.raises(ValueError, match="evaluation_length_bucket"):
-        dataclasses.replace(preset("full"), evaluation_length_bucket=0)
+    for bad in (0, 64.5, True):
+        with pytest.raises(ValueError, match="evaluation_length_bucket must be None or an int >= 1"):
+            dataclasses.replace(preset("full"), evaluation_length_bucket=bad)
 
 
 def test_the_committed_cells_are_found_by_the_current_cache_keys():
@@ -265,7 +289,7 @@ def test_command_line_lists_methods_and_rejects_bad_options(capsys):
     assert main(["--config", "smoke", "--precision", "fp32", "--budgets", "0"]) == 2
     assert "budgets must be positive" in capsys.readouterr().err
     assert main(["--config", "smoke", "--length-bucket", "0"]) == 2
-    assert "length_bucket must be None or >= 1, got 0" in capsys.readouterr().err
+    assert "length_bucket must be None or an int >= 1, got 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- report

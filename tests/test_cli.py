@@ -175,16 +175,35 @@ def test_predict_reproduces_the_runs_test_predictions(tmp_path, capsys, fake_bac
     saved = run.read_predictions().test_probs
     probs = torch.tensor([[row["probs"]["negative"], row["probs"]["positive"]] for row in rows])
     assert len(rows) == len(test) and torch.allclose(probs, saved.float(), atol=1e-6)
-    assert [row["label"] for row in rows] == saved.argmax(-1).tolist()
-    assert [row.get("gold") for row in rows] == [e.label if keep else None for e, keep in zip(test, labelled)]
-    assert {"predictive_entropy", "mutual_information", "label_name"} <= set(rows[0])
+    assert [row["predicted"] for row in rows] == saved.argmax(-1).tolist()
+    assert [row.get("label") for row in rows] == [e.label if keep else None for e, keep in zip(test, labelled)]
+    assert {"predictive_entropy", "mutual_information", "predicted_name"} <= set(rows[0])
     samples = run.read_posterior().num_samples
-    assert f"predicted {len(test)} inputs" in err and f"on the {sum(labelled)} labelled: accuracy=" in err
+    kept = torch.tensor(labelled)
+    nll = -saved[kept].log().gather(1, torch.tensor([e.label for e in test])[kept, None]).mean()
+    assert f"predicted {len(test)} inputs with {samples} posterior samples, {samples} API calls" in err
+    assert f"on the {sum(labelled)} labelled: accuracy=" in err and f"nll={nll:.4f}" in err  # labelled inputs only
 
     forecast = pipeline.predict_run(out, test[:3])  # Python API, to standard output through the CLI too
-    assert forecast.probs.shape == (3, 2) and forecast.api_calls >= samples and bool(forecast.labelled.all())
+    assert forecast.probs.shape == (3, 2) and forecast.api_calls == samples and bool(forecast.labelled.all())
     assert cli.main(["predict", str(out), "--input", str(inputs)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(test)
+
+
+def test_predict_a_pair_task_and_a_label_only_run_without_its_fitted_smoothing(tmp_path, capsys, fake_backend):
+    out = tmp_path / "rte"
+    pair = [a if a != "sst2" else "rte" for a in FAKE]
+    assert cli.main(["fit", *pair, "--engine", "abc-smc", "--option", "max_stages=1", "--out", str(out)]) == 0
+    inputs = tmp_path / "pairs.jsonl"
+    inputs.write_text(json.dumps({"text": "A man sleeps.", "text_pair": "A man rests."}) + "\n"
+                      + json.dumps({"text": "It rains.", "text_pair": "It is dry.", "label": 1}) + "\n")
+    forecast = pipeline.predict_run(out, inputs)
+    alpha = RunDirectory(out).read_metrics()["vote_smoothing"]
+    assert forecast.predictions.labels.tolist() == [-1, 1] and forecast.label_names == get_task("rte").label_names
+    assert torch.allclose(forecast.probs, forecast.predictions.mean(alpha))
+    (out / "metrics.json").unlink()
+    capsys.readouterr()
+    assert "metrics.json: no fitted 'vote_smoothing'" in _error(capsys, ["predict", str(out), "--input", str(inputs)])
 
 
 def test_predict_bad_input_names_the_file_and_line(tmp_path, capsys, fake_backend):
@@ -197,7 +216,7 @@ def test_predict_bad_input_names_the_file_and_line(tmp_path, capsys, fake_backen
     bad.write_text(json.dumps({"text": "fine", "label": 7}) + "\n")
     assert "out of range" in _error(capsys, ["predict", str(out), "--input", str(bad)])
     assert "no such run directory" in _error(capsys, ["predict", str(tmp_path / "nope"), "--input", str(bad)])
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="no inputs to predict"):
         pipeline.predict_run(out, [])
 
 

@@ -207,6 +207,9 @@ def test_load_jsonl_for_prediction_makes_labels_optional_but_checks_given_ones(t
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "P.", "text_pair": "H.", "label": 1, "label_name": "entailment"}])
     with pytest.raises(DataError, match="line 1: field 'label_name'"):
         load_jsonl(bad, "snli", labelled=False)
+    nameonly = write_jsonl(tmp_path / "nameonly.jsonl", [{"text": "P.", "text_pair": "H.", "label_name": "neutral"}])
+    with pytest.raises(DataError, match="line 1: field 'label_name' is given without 'label'"):
+        load_jsonl(nameonly, "snli", labelled=False)
     with pytest.raises(DataError, match="line 1: missing field 'text_pair'"):
         load_jsonl(write_jsonl(tmp_path / "nopair.jsonl", [{"text": "P."}]), "snli", labelled=False)
 

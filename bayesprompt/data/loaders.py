@@ -152,6 +152,8 @@ def _make_example(
     """
     text = _require_text(record, text_key, where)
     if not labelled and record.get(label_key) is None:
+        if isinstance(record.get("label_name"), str):
+            raise DataError(f"{where}: field 'label_name' is given without {label_key!r}; give both, or neither")
         label = UNLABELLED
     else:
         label = _require_label(record, label_key, task, where)
