@@ -145,14 +145,22 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     fit.set_defaults(handler=_fit)
 
 
+_RUN_HELP = "run directory written by `bayesprompt fit --out RUN`"
+
+
+def _add_run_command(
+    sub: argparse._SubParsersAction, name: str, summary: str, description: str, run_help: str = _RUN_HELP
+) -> argparse.ArgumentParser:
+    """A subcommand that works on a run directory (its first argument, ``RUN``)."""
+    command = sub.add_parser(name, help=summary, description=description, formatter_class=_DefaultsFormatter)
+    command.add_argument("run", metavar="RUN", help=run_help)
+    return command
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    evaluate = sub.add_parser(
-        "evaluate",
-        help="recompute test (and OOD) predictions and metrics of a run",
-        description=_EVALUATE_DESCRIPTION,
-        formatter_class=_DefaultsFormatter,
+    evaluate = _add_run_command(
+        sub, "evaluate", "recompute test (and OOD) predictions and metrics of a run", _EVALUATE_DESCRIPTION
     )
-    evaluate.add_argument("run", metavar="RUN", help="run directory written by `bayesprompt fit --out RUN`")
     evaluate.add_argument("--ood", nargs="+", action="extend", default=[], metavar="TASK", help="out-of-distribution task(s) whose test split is scored with the run's verbalizers (repeatable)")
     evaluate.add_argument("--ood-size", type=int, default=None, help="class-balanced subsample of each OOD test split (default: the run's --test-size)")
     evaluate.add_argument("--data-dir", default=None, help="data root (default: the run's --data-dir, then $BAYESPROMPT_DATA)")
@@ -161,26 +169,20 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    predict = sub.add_parser(
-        "predict",
-        help="predict new inputs with a run's posterior (probabilities and uncertainty, JSON Lines)",
-        description=_PREDICT_DESCRIPTION,
-        formatter_class=_DefaultsFormatter,
+    predict = _add_run_command(
+        sub, "predict", "predict new inputs with a run's posterior (probabilities and uncertainty, JSON Lines)",
+        _PREDICT_DESCRIPTION,
     )
-    predict.add_argument("run", metavar="RUN", help="run directory written by `bayesprompt fit --out RUN`")
     predict.add_argument("--input", required=True, metavar="FILE", help="JSON Lines inputs of the run's task")
     predict.add_argument("--out", default=None, metavar="FILE", help="JSON Lines output (default: standard output)")
     predict.set_defaults(handler=_predict)
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:
-    plot = sub.add_parser(
-        "plot",
-        help="draw calibration, risk-coverage and uncertainty plots of a run",
-        description=_PLOT_DESCRIPTION,
-        formatter_class=_DefaultsFormatter,
+    plot = _add_run_command(
+        sub, "plot", "draw calibration, risk-coverage and uncertainty plots of a run", _PLOT_DESCRIPTION,
+        run_help="run directory with predictions.npz (from fit or evaluate)",
     )
-    plot.add_argument("run", metavar="RUN", help="run directory with predictions.npz (from fit or evaluate)")
     plot.set_defaults(handler=_plot)
 
 
