@@ -439,20 +439,21 @@ def _abc_mcmc_engine(ctx: MethodContext, potential: Potential) -> Engine:
     return AdaptiveABCSMC(observed=ctx.train.labels, **_options(ctx, {"num_particles": ctx.num_particles}))
 
 
-def _eki_engine(ctx: MethodContext, potential: Potential) -> Engine:
-    from bayesprompt.inference.kalman import EKI
-
-    return EKI(**_options(ctx, {"num_ensemble": ctx.num_particles}))
-
-
 #: ``eki-mda``: EKI forced through at least this many tempering steps (``max_step = 1 / n``).
 EKI_MDA_STEPS = 8
 
 
-def _eki_mda_engine(ctx: MethodContext, potential: Potential) -> Engine:
-    from bayesprompt.inference.kalman import EKI
+def _eki_engine(min_steps: int | None = None) -> Callable[[MethodContext, Potential], Engine]:
+    """EKI; with ``min_steps``, at least that many Kalman updates (``max_step = 1 / min_steps``)."""
+    def build(ctx: MethodContext, potential: Potential) -> Engine:
+        from bayesprompt.inference.kalman import EKI
 
-    return EKI(**_options(ctx, {"num_ensemble": ctx.num_particles, "max_step": 1.0 / EKI_MDA_STEPS}))
+        defaults: dict[str, Any] = {"num_ensemble": ctx.num_particles}
+        if min_steps is not None:
+            defaults["max_step"] = 1.0 / min_steps
+        return EKI(**_options(ctx, defaults))
+
+    return build
 
 
 def _eks_engine(ctx: MethodContext, potential: Potential) -> Engine:
@@ -578,10 +579,10 @@ def default_registry() -> dict[str, MethodSpec]:
                    _engine_fitter(_abc_mcmc_engine, likelihood_free=True),
                    requires=(f"{smc}.abc_mcmc:AdaptiveABCSMC",), budget_free=True),
         MethodSpec("eki", "EKI", "ours", "ensemble Kalman inversion, tempered to the posterior",
-                   _engine_fitter(_eki_engine), requires=(f"{kalman}:EKI",), budget_free=True),
+                   _engine_fitter(_eki_engine()), requires=(f"{kalman}:EKI",), budget_free=True),
         MethodSpec("eki-mda", "EKI, at least 8 steps (ES-MDA)", "ours",
                    f"EKI with max_step = 1/{EKI_MDA_STEPS}: at least {EKI_MDA_STEPS} smaller Kalman updates, as in ES-MDA",
-                   _engine_fitter(_eki_mda_engine), requires=(f"{kalman}:EKI",), budget_free=True),
+                   _engine_fitter(_eki_engine(EKI_MDA_STEPS)), requires=(f"{kalman}:EKI",), budget_free=True),
         MethodSpec("eks", "EKS", "ours", "ensemble Kalman sampler (ALDI correction)",
                    _engine_fitter(_eks_engine), requires=(f"{kalman}:EKS",)),
         MethodSpec("ensemble-mcmc", "Ensemble sampler (MCMC)", "ours",
