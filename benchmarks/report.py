@@ -113,6 +113,10 @@ def markdown_table(
     keys = sorted(groups, key=lambda key: (order.get(key[1], len(order)), _budget_sort(key[2])))
     for key in keys:
         lines.append(_row(_group_cells(groups[key])))
+    buckets = sorted({r["evaluation_length_bucket"] for r in mine if r.get("status") == "ok" and r.get("evaluation_length_bucket")})
+    if buckets:
+        lines += ["", f"(k bucketed): k of the seeds had their test and OOD sets scored in length-sorted chunks of "
+                      f"{' or '.join(map(str, buckets))} (`evaluation_length_bucket`); the others in one contiguous batch."]
     return "\n".join(lines) + "\n"
 
 
@@ -266,7 +270,10 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         cells.append(f"{_mean(calls):.0f}" if calls else "n/a")
     cells.append(f"{_mean([r.get('fit_seconds', math.nan) for r in ok]):.1f}")
     failed = len(rows) - len(ok)
-    cells.append(f"{len(ok)}" + (f" ({failed} failed)" if failed else ""))
+    bucketed = sum(1 for r in ok if r.get("evaluation_length_bucket"))
+    marks = [f"{bucketed} bucketed"] if bucketed else []
+    marks += [f"{failed} failed"] if failed else []
+    cells.append(f"{len(ok)}" + (f" ({', '.join(marks)})" if marks else ""))
     return cells
 
 

@@ -331,6 +331,17 @@ def test_markdown_table_formatting_on_synthetic_records():
     assert format_mean_sd([0.1, float("nan"), None, 0.3]) == "0.200 ± 0.141"
 
 
+def test_markdown_table_marks_seeds_scored_in_length_buckets():
+    plain = [synthetic("sst2", "smc", 0, 0.7), synthetic("sst2", "smc", 1, 0.8, evaluation_length_bucket=None)]
+    table = markdown_table(plain, "sst2")
+    assert "bucketed" not in table and table.splitlines()[-1].endswith("| 2 |")
+    mixed = [*plain, synthetic("sst2", "smc", 2, 0.9, evaluation_length_bucket=64),
+             {**synthetic("sst2", "smc", 3, 0.0), "status": "error", "error": "x"}]
+    lines = markdown_table(mixed, "sst2").splitlines()
+    assert lines[4].endswith("| 3 (1 bucketed, 1 failed) |")
+    assert lines[-1].startswith("(k bucketed): k of the seeds") and "chunks of 64 (" in lines[-1]
+
+
 def test_markdown_report_separates_main_table_and_sweep(tmp_path):
     records = [synthetic("sst2", "smc", s, 0.7 + b / 1e5, budget=b) for s in (0, 1) for b in (250, 2000)]
     records.append(synthetic("sst2", "bbt8k", 0, 0.75, budget=8000, policy="fixed"))
