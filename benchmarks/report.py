@@ -176,6 +176,7 @@ def markdown_report(
         parts += [_settings_line(config), ""]
     for task in dict.fromkeys(r["task"] for r in main):
         parts.append(markdown_table(main, task, method_order))
+    parts += ["### Coverage: seeds finished per method and task (main budgets)", "", _coverage_table(main, method_order)]
     ood = _ood_table(main, method_order)
     if ood:
         parts += ["### OOD AUROC per pair (predictive entropy; OOD = positive)", "", ood]
@@ -275,6 +276,20 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     marks += [f"{failed} failed"] if failed else []
     cells.append(f"{len(ok)}" + (f" ({', '.join(marks)})" if marks else ""))
     return cells
+
+
+def _coverage_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[str] | None) -> str:
+    """Methods x tasks: how many seeds finished (``—``: none), so gaps in the suite are visible."""
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    order = {name: i for i, name in enumerate(method_order or [])}
+    methods = sorted(dict.fromkeys(r["method"] for r in records), key=lambda m: order.get(m, len(order)))
+    labels = {r["method"]: r.get("method_label", r["method"]) for r in records}
+    lines = [_row(["Method", *tasks]), _row(["---"] + ["---:"] * len(tasks))]
+    for method in methods:
+        counts = [len({r["seed"] for r in records if r["method"] == method and r["task"] == task and r.get("status") == "ok"})
+                  for task in tasks]
+        lines.append(_row([labels[method], *[str(n) if n else "—" for n in counts]]))
+    return "\n".join(lines) + "\n"
 
 
 def _ood_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[str] | None) -> str:

@@ -351,6 +351,11 @@ def test_markdown_report_separates_main_table_and_sweep(tmp_path):
     assert "| SMC | 2000 |" in main_part and "| SMC | 250 |" not in main_part and "| BBT8K | 8000 |" in main_part
     assert "| SMC | 0.702 / 0.550 | 0.720 / 0.550 |" in report
     assert "sst2 → mrpc" in report and "stopped by itself" not in report
+    coverage = report.split("### Coverage")[1].split("###")[0]
+    assert "| Method | sst2 |" in coverage and "| SMC | 2 |" in coverage and "| BBT8K | 1 |" in coverage
+    failed = {**synthetic("agnews", "smc", 0, 0.0), "status": "error", "error": "x"}
+    coverage = markdown_report([*records, failed], config).split("### Coverage")[1].split("###")[0]
+    assert "| Method | sst2 | agnews |" in coverage and "| SMC | 2 | — |" in coverage and "| BBT8K | 1 | — |" in coverage
     same = [{**r, "budget": 4000, "reused_from_budget": 2000} for r in records if r["budget"] == 2000]
     swept = markdown_report(records + same, config)
     assert "| SMC | 0.702 / 0.550 | 0.720 / 0.550 | 0.720 / 0.550 * |" in swept and "stopped by itself" in swept
