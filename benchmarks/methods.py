@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyro.distributions as dist
 import torch
 
 from bayesprompt.data.task import Task
@@ -260,12 +261,26 @@ def dev_accuracy_score(potential: Potential, dev_batch: EncodedBatch) -> Callabl
     return score
 
 
+#: Method options that shape the model rather than the engine (see :func:`make_potential`).
+MODEL_OPTIONS = ("temperature_prior_scale",)
+
+
 def make_potential(ctx: MethodContext, likelihood_free: bool) -> Potential:
-    """The training potential of an engine method (score-based or label-only model)."""
+    """The training potential of an engine method (score-based or label-only model).
+
+    The option ``temperature_prior_scale`` ``s`` adds a latent likelihood temperature
+    ``~ LogNormal(0, s)`` to the score model (see :class:`~bayesprompt.models.PromptModel`).
+    """
+    scale = ctx.options.get("temperature_prior_scale")
+    if scale is not None and likelihood_free:
+        raise ValueError("option temperature_prior_scale needs a score-based method: a label-only model has no likelihood to temper")
+    if scale is not None and not (isinstance(scale, int | float) and scale > 0):
+        raise ValueError(f"option temperature_prior_scale must be a number > 0, got {scale!r}")
     if likelihood_free:
         model = LikelihoodFreePromptModel(LabelOnly(ctx.backend), ctx.projection, prior_scale=ctx.prior_scale)
     else:
-        model = PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale)
+        temperature_prior = None if scale is None else dist.LogNormal(0.0, float(scale))
+        model = PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale, temperature_prior=temperature_prior)
     return Potential(model, (ctx.train,), meter=ctx.meter)
 
 
@@ -365,7 +380,8 @@ def _scalars(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _options(ctx: MethodContext, defaults: dict[str, Any]) -> dict[str, Any]:
-    return {**defaults, **ctx.options}
+    """Engine keyword arguments: ``defaults`` overridden by the method's options, less the model's."""
+    return {**defaults, **{k: v for k, v in ctx.options.items() if k not in MODEL_OPTIONS}}
 
 
 # ---------------------------------------------------------------------- method fitters
@@ -563,6 +579,9 @@ def default_registry() -> dict[str, MethodSpec]:
                    budget_free=True),
         MethodSpec("smc", "Tempered SMC", "ours",
                    "adaptive tempered SMC with random-walk moves (score likelihood)",
+                   _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",), budget_free=True),
+        MethodSpec("smc-temp", "Tempered SMC, latent likelihood temperature", "ours",
+                   "tempered SMC on z and a likelihood temperature ~ LogNormal(0, 1) that rescales the scores",
                    _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",), budget_free=True),
         MethodSpec("smc-dev", "Tempered SMC, train + dev", "ours",
                    "tempered SMC conditioned on the training and dev examples (no held-out selection)",

@@ -187,6 +187,7 @@ class BenchmarkConfig:
     method_options: tuple[tuple[str, Mapping[str, Any]], ...] = (
         ("abc-smc", {"vote_smoothing": "dev"}),
         ("abc-mcmc", {"vote_smoothing": "dev"}),
+        ("smc-temp", {"temperature_prior_scale": 1.0}),
     )
     data_dir: str | None = None
     length_bucket: int | None = None

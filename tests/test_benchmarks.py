@@ -123,7 +123,8 @@ def test_a_budget_free_run_that_stopped_by_itself_serves_every_budget_it_fits(tm
 def test_a_cell_killed_during_evaluation_resumes_from_its_fit(tmp_path, data_dir, monkeypatch):
     import benchmarks.run as bench_run
 
-    methods = ("zero-shot", "whitebox", "smc", "abc-mcmc")  # fixed prompts, scores, and votes with dev smoothing
+    methods = ("zero-shot", "whitebox", "smc", "smc-temp", "abc-mcmc")  # fixed prompts, scores (one with a
+    # latent temperature: the reloaded model must have that site), and votes with dev smoothing
     fits: list[str] = []
     registry = default_registry()
     for name in methods:
@@ -446,6 +447,35 @@ def test_eki_mda_takes_at_least_its_steps_to_reach_the_posterior(tmp_path, data_
     assert summary["eki-mda"]["time"] == pytest.approx(1.0) and summary["eki"]["time"] == pytest.approx(1.0)
     assert summary["eki-mda"]["iterations"] >= EKI_MDA_STEPS > summary["eki"]["iterations"]
     assert summary["eki-mda"]["evaluations"] == 8 * summary["eki-mda"]["iterations"]
+
+
+def test_smc_temp_predicts_with_each_sample_s_own_temperature(data_dir):
+    from benchmarks.methods import MethodContext, make_potential
+    from benchmarks.run import Resources
+    from bayesprompt.data import get_task
+    from bayesprompt.lm import Meter
+
+    config = fake_config(data_dir)
+    spec, options = default_registry()["smc-temp"], config.options_for("smc-temp")
+    assert options == {"temperature_prior_scale": 1.0}
+    resources, task = Resources(config), get_task("sst2")
+    backend = resources.backend(task, Meter(400))
+    train, dev = resources.few_shot(task, 0)
+    ctx = MethodContext(task, backend, resources.projection(task, backend), backend.encode(train), backend.encode(dev),
+                        400, 0, num_particles=8, options=options)
+    outcome = spec.fit(ctx)
+    samples = outcome.fitted.samples
+    temperature, z = samples["temperature"].reshape(-1), samples["z"].reshape(outcome.fitted.num_samples, -1)
+    assert bool((temperature > 0).all()) and temperature.unique().numel() > 1
+    predicted = outcome.predictor(ctx.dev).probs
+    expected = (backend.score(ctx.projection(z), ctx.dev) / temperature[:, None, None]).softmax(-1)
+    torch.testing.assert_close(predicted.float(), expected.float(), rtol=1e-4, atol=1e-5)
+    for bad, match in [({"temperature_prior_scale": 0.0}, "must be a number > 0"),
+                       ({"temperature_prior_scale": "1"}, "must be a number > 0")]:
+        with pytest.raises(ValueError, match=match):
+            make_potential(dataclasses.replace(ctx, options=bad), likelihood_free=False)
+    with pytest.raises(ValueError, match="label-only model has no likelihood"):
+        make_potential(ctx, likelihood_free=True)
 
 
 def test_smc_devprior_centres_the_prior_on_a_prompt_tuned_on_dev(data_dir):

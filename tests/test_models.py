@@ -1,5 +1,7 @@
 """Projection and Pyro prompt models on a fake black box."""
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -84,6 +86,60 @@ def test_custom_hierarchical_model_with_latent_temperature():
         logits = box.score(projection(z.unsqueeze(0)), batch)[0] / values["temperature"][i]
         expected = dist.Categorical(logits=logits).log_prob(batch.labels).sum()
         torch.testing.assert_close(population.log_likelihood[i], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_temperature_prior_adds_a_scored_site_and_is_validated():
+    box, projection = make()
+    batch = box.encode(EXAMPLES)
+    model = PromptModel(box, projection, temperature_prior=dist.LogNormal(0.0, 1.0))
+    potential = Potential(model, (batch,))
+    population = potential.init_population(5, torch.Generator().manual_seed(0))
+    assert box.meter.calls == 5
+    values = potential.unpack(population.u)
+    assert set(values) == {"z", "temperature"} and bool((values["temperature"] > 0).all())
+    for i in range(5):
+        logits = box.score(projection(values["z"][i : i + 1]), batch)[0] / values["temperature"][i]
+        expected = dist.Categorical(logits=logits).log_prob(batch.labels).sum()
+        torch.testing.assert_close(population.log_likelihood[i], expected, rtol=1e-5, atol=1e-5)
+    assert "temperature" not in pyro.poutine.trace(PromptModel(box, projection)).get_trace(batch).nodes
+    for bad, match in [
+        (dist.Normal(0.0, 1.0), "support within the positive reals"),
+        (dist.LogNormal(torch.zeros(2), 1.0), "scalar distribution"),
+        (dist.LogNormal(0.0, 1.0).expand([1]).to_event(1), "scalar distribution"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            PromptModel(box, projection, temperature_prior=bad)
+    PromptModel(box, projection, temperature_prior=dist.Uniform(0.5, 4.0))  # an interval in (0, inf) is fine
+
+
+def test_temperature_posterior_matches_quadrature():
+    """With z pinned near 0, the posterior of the temperature is one-dimensional: check it on a grid.
+
+    Tolerance as in ``test_smc.py``: ``Z = 4`` standard errors with ``N_eff = N / 4``.
+    """
+    from bayesprompt.inference.base import run
+    from bayesprompt.inference.smc import TemperedSMC
+
+    box, projection = make(k=1)
+    examples = [Example(f"text {i}", int(i % 3 == 0)) for i in range(24)]
+    batch = box.encode(examples)
+    model = PromptModel(box, projection, prior=dist.Normal(torch.zeros(1), 1e-4).to_event(1),
+                        temperature_prior=dist.LogNormal(0.0, 1.0))
+    num_particles = 2000
+    posterior = run(TemperedSMC(num_particles=num_particles), Potential(model, (batch,)), seed=3, progress=False)
+    temperature = posterior.samples["temperature"].double().reshape(-1)
+
+    logits = box.score(projection(torch.zeros(1, 1)), batch)[0].double()
+    log_t = torch.linspace(-7.0, 7.0, 4001, dtype=torch.float64)
+    log_lik = torch.distributions.Categorical(logits=logits / log_t.exp()[:, None, None]).log_prob(batch.labels).sum(-1)
+    log_post = dist.Normal(0.0, 1.0).log_prob(log_t) + log_lik  # density of log t: the Jacobian cancels
+    w = torch.softmax(log_post, 0)
+    mean = float((w * log_t.exp()).sum())
+    var = float((w * (log_t.exp() - mean) ** 2).sum())
+    tol = 4.0 * math.sqrt(var * 4.0 / num_particles)
+    assert abs(float(temperature.mean()) - mean) <= tol
+    prior_mean = math.exp(0.5)  # the likelihood must have moved it, or the check says nothing
+    assert abs(prior_mean - mean) > 3 * tol
 
 
 def test_black_box_only_sees_detached_prompts():

@@ -3,6 +3,7 @@
 :class:`PromptModel` is the gradient-free model::
 
     z ~ prior                                  (any Pyro distribution over R^k)
+    temperature ~ temperature_prior            (optional; otherwise temperature = 1)
     y_i ~ Categorical(logits = scores(A z)_i / temperature)   for each training example
 
 :class:`LikelihoodFreePromptModel` replaces the likelihood by the only observable of a
@@ -86,11 +87,18 @@ class PromptModel(_PromptModelBase):
         Prior over z with event shape ``(k,)``; default ``Normal(0, prior_scale)``.
     prior_scale : float
         Scale of the default prior.
+    temperature_prior : Distribution or None
+        Prior of a latent likelihood temperature (site ``"temperature"``), a scalar
+        distribution on the positive reals such as ``LogNormal(0, 1)``. The black box's
+        scores have a fixed scale that may be too sharp for a task; with this site the
+        posterior learns how far to trust them, and predictions use each sample's own
+        temperature. ``None`` (default): temperature 1.
 
     Examples
     --------
     >>> model = PromptModel(blackbox, projection)             # doctest: +SKIP
     >>> potential = Potential(model, (blackbox.encode(train),))  # doctest: +SKIP
+    >>> tempered = PromptModel(blackbox, projection, temperature_prior=dist.LogNormal(0.0, 1.0))  # doctest: +SKIP
     """
 
     def __init__(
@@ -99,6 +107,7 @@ class PromptModel(_PromptModelBase):
         projection: RandomProjection,
         prior: dist.Distribution | None = None,
         prior_scale: float = DEFAULT_PRIOR_SCALE,
+        temperature_prior: dist.Distribution | None = None,
     ) -> None:
         super().__init__(projection, prior, prior_scale)
         if projection.embed_dim != blackbox.embed_dim:
@@ -106,7 +115,10 @@ class PromptModel(_PromptModelBase):
                 f"projection maps to width {projection.embed_dim} but the black box expects "
                 f"{blackbox.embed_dim}"
             )
+        if temperature_prior is not None:
+            _check_temperature_prior(temperature_prior)
         self.blackbox = blackbox
+        self.temperature_prior = temperature_prior
 
     def logits(self, z: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
         """Black-box scores ``[..., B, C]`` for ``z``.
@@ -138,8 +150,31 @@ class PromptModel(_PromptModelBase):
             pyro.sample("y", dist.Categorical(logits=logits / temperature), obs=batch.labels)
         return logits
 
+    def sample_temperature(self) -> torch.Tensor | float:
+        """The latent site ``temperature`` drawn from :attr:`temperature_prior`, or 1.0 without one."""
+        if self.temperature_prior is None:
+            return 1.0
+        return pyro.sample("temperature", self.temperature_prior)
+
     def __call__(self, batch: EncodedBatch) -> torch.Tensor:
-        return self.observe(self.sample_z(), batch)
+        z = self.sample_z()
+        return self.observe(z, batch, self.sample_temperature())
+
+
+def _check_temperature_prior(prior: dist.Distribution) -> None:
+    """``prior`` must be a scalar distribution on the positive reals."""
+    if tuple(prior.event_shape) != () or tuple(prior.batch_shape) != ():
+        raise ValueError(
+            "temperature_prior must be a scalar distribution (batch_shape () and event_shape ()), "
+            f"got batch_shape {tuple(prior.batch_shape)}, event_shape {tuple(prior.event_shape)}"
+        )
+    lower = getattr(prior.support, "lower_bound", None)
+    try:
+        positive = lower is not None and float(lower) >= 0
+    except (TypeError, ValueError, RuntimeError):  # a lower bound that is not one number
+        positive = False
+    if not positive:
+        raise ValueError(f"temperature_prior must have support within the positive reals, got support {prior.support}")
 
 
 class LikelihoodFreePromptModel(_PromptModelBase):
