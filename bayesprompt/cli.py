@@ -134,6 +134,10 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
         "--prior-centre-share", type=float, default=defaults.prior_centre_share, metavar="SHARE",
         help="share of the budget for the dev stage of --prior-centre dev",
     )
+    fit.add_argument(
+        "--latent-temperature", type=float, default=defaults.temperature_prior_scale, metavar="SCALE",
+        help="add a likelihood temperature ~ LogNormal(0, SCALE) to the posterior (score engines; default: none)",
+    )
     fit.add_argument("--particles", type=int, default=defaults.num_particles, help="population size (particles, walkers or CMA-ES popsize)")
     fit.add_argument("--test-size", type=int, default=None, help="class-balanced test subsample size (default: whole test split)")
     fit.add_argument(
@@ -239,6 +243,7 @@ def _fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             prior_scale=args.prior_scale,
             prior_centre=args.prior_centre,
             prior_centre_share=args.prior_centre_share,
+            temperature_prior_scale=args.latent_temperature,
             num_particles=args.particles,
             test_size=args.test_size,
             vote_smoothing=args.vote_smoothing,

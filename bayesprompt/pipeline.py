@@ -25,6 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import pyro.distributions as dist
 import torch
 
 from bayesprompt.data import balanced_subsample, few_shot_split, get_task, load_jsonl, load_split
@@ -212,6 +213,12 @@ class FitConfig:
         Score engines only. The centre is saved in ``prior_centre.npz``.
     prior_centre_share : float
         Share of the budget for the dev stage of ``prior_centre="dev"``, in (0, 1).
+    temperature_prior_scale : float or None
+        With a number ``s``, the likelihood gets a latent temperature
+        ``~ LogNormal(0, s)`` that divides the black box's scores (site
+        ``"temperature"``; see :class:`~bayesprompt.models.PromptModel`), so the posterior
+        can soften scores that are sharper than the task warrants. Score engines only.
+        ``None`` (default): temperature 1.
     num_particles : int
         Population size of particle engines (SMC, ABC-SMC); CMA-ES popsize.
     test_size : int or None
@@ -244,6 +251,7 @@ class FitConfig:
     prior_scale: float = 1.0
     prior_centre: str = "zero"
     prior_centre_share: float = 0.5
+    temperature_prior_scale: float | None = None
     num_particles: int = 32
     test_size: int | None = None
     vote_smoothing: float | str = "dev"
@@ -266,6 +274,7 @@ class FitConfig:
         ):
             raise ValueError(f"vote_smoothing must be a number >= 0 or 'dev', got {self.vote_smoothing!r}")
         self._check_prior_centre()
+        self._check_temperature()
         if self.dev_reserve and self.budget is not None and self.budget <= self.dev_reserve:
             raise ValueError(
                 f"budget {self.budget} leaves no calls for inference after the {self.dev_reserve} dev calls of "
@@ -290,6 +299,18 @@ class FitConfig:
             raise ValueError(
                 f"budget {self.budget} x prior_centre_share {self.prior_centre_share} = {self.dev_centre_budget} calls "
                 f"is less than one CMA-ES population ({DEV_CENTRE_POPSIZE}) for the dev stage"
+            )
+
+    def _check_temperature(self) -> None:
+        scale = self.temperature_prior_scale
+        if scale is None:
+            return
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+            raise ValueError(f"temperature_prior_scale must be a number > 0 or None, got {scale!r}")
+        if self.likelihood_free:
+            raise ValueError(
+                f"temperature_prior_scale tempers the score likelihood; engine {self.engine!r} is likelihood-free "
+                "(label-only), so leave it None or use a score engine"
             )
 
     @property
@@ -774,7 +795,10 @@ def _potential(
     if config.likelihood_free:
         model = LikelihoodFreePromptModel(LabelOnly(backend), projection, prior=prior, prior_scale=config.prior_scale)
     else:
-        model = PromptModel(backend, projection, prior=prior, prior_scale=config.prior_scale)
+        scale = config.temperature_prior_scale
+        temperature_prior = None if scale is None else dist.LogNormal(0.0, float(scale))
+        model = PromptModel(backend, projection, prior=prior, prior_scale=config.prior_scale,
+                            temperature_prior=temperature_prior)
     return Potential(model, (batch,), meter=backend.meter)
 
 
