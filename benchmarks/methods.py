@@ -306,7 +306,7 @@ def posterior_outcome(
         prediction_samples=used.num_samples,
         ess=posterior.ess,
         likelihood_free=likelihood_free,
-        summary=_scalars(posterior.summary),
+        summary={**_scalars(posterior.summary), **_temperature_summary(posterior)},
         vote_smoothing=smoothing,
         fitted=used,
     )
@@ -364,6 +364,16 @@ def fit_engine(
     finally:
         ctx.meter.budget = None if ctx.meter.budget is None else ctx.meter.budget + reserve
     return posterior_outcome(ctx, posterior, potential, likelihood_free, fit_smoothing=smoothing == "dev")
+
+
+def _temperature_summary(posterior: Posterior) -> dict[str, float]:
+    """Posterior mean and sd of a latent likelihood temperature (empty without one)."""
+    if "temperature" not in posterior.samples:
+        return {}
+    values = posterior.samples["temperature"].double().reshape(posterior.num_samples)
+    weights = posterior.log_weights.double().softmax(0)
+    mean = float(weights @ values)
+    return {"temperature_mean": mean, "temperature_sd": float(weights @ (values - mean) ** 2) ** 0.5}
 
 
 def _scalars(summary: Mapping[str, Any]) -> dict[str, Any]:

@@ -467,6 +467,9 @@ def test_smc_temp_predicts_with_each_sample_s_own_temperature(data_dir):
     samples = outcome.fitted.samples
     temperature, z = samples["temperature"].reshape(-1), samples["z"].reshape(outcome.fitted.num_samples, -1)
     assert bool((temperature > 0).all()) and temperature.unique().numel() > 1
+    weights = outcome.fitted.log_weights.softmax(0)
+    assert outcome.summary["temperature_mean"] == pytest.approx(float(weights @ temperature.double()), rel=1e-6)
+    assert outcome.summary["temperature_sd"] > 0
     predicted = outcome.predictor(ctx.dev).probs
     expected = (backend.score(ctx.projection(z), ctx.dev) / temperature[:, None, None]).softmax(-1)
     torch.testing.assert_close(predicted.float(), expected.float(), rtol=1e-4, atol=1e-5)
