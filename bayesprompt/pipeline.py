@@ -25,7 +25,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import pyro.distributions as dist
 import torch
 
 from bayesprompt.data import balanced_subsample, few_shot_split, get_task, load_jsonl, load_split
@@ -38,7 +37,7 @@ from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.metrics import aurc, classification_report, ood_report, selective_prediction_report
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
-from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel
+from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel, lognormal_temperature_prior
 from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
 from bayesprompt.runs import (
     Checkpoint,
@@ -302,11 +301,8 @@ class FitConfig:
             )
 
     def _check_temperature(self) -> None:
-        scale = self.temperature_prior_scale
-        if scale is None:
+        if lognormal_temperature_prior(self.temperature_prior_scale) is None:  # validates the scale
             return
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
-            raise ValueError(f"temperature_prior_scale must be a number > 0 or None, got {scale!r}")
         if self.likelihood_free:
             raise ValueError(
                 f"temperature_prior_scale tempers the score likelihood; engine {self.engine!r} is likelihood-free "
@@ -795,10 +791,8 @@ def _potential(
     if config.likelihood_free:
         model = LikelihoodFreePromptModel(LabelOnly(backend), projection, prior=prior, prior_scale=config.prior_scale)
     else:
-        scale = config.temperature_prior_scale
-        temperature_prior = None if scale is None else dist.LogNormal(0.0, float(scale))
         model = PromptModel(backend, projection, prior=prior, prior_scale=config.prior_scale,
-                            temperature_prior=temperature_prior)
+                            temperature_prior=lognormal_temperature_prior(config.temperature_prior_scale))
     return Potential(model, (batch,), meter=backend.meter)
 
 

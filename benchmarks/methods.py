@@ -39,7 +39,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyro.distributions as dist
 import torch
 
 from bayesprompt.data.task import Task
@@ -49,7 +48,7 @@ from bayesprompt.lm import LabelOnly, Meter
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
-from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel
+from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel, lognormal_temperature_prior
 from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
 
 __all__ = [
@@ -274,13 +273,11 @@ def make_potential(ctx: MethodContext, likelihood_free: bool) -> Potential:
     scale = ctx.options.get("temperature_prior_scale")
     if scale is not None and likelihood_free:
         raise ValueError("option temperature_prior_scale needs a score-based method: a label-only model has no likelihood to temper")
-    if scale is not None and not (isinstance(scale, int | float) and scale > 0):
-        raise ValueError(f"option temperature_prior_scale must be a number > 0, got {scale!r}")
     if likelihood_free:
         model = LikelihoodFreePromptModel(LabelOnly(ctx.backend), ctx.projection, prior_scale=ctx.prior_scale)
     else:
-        temperature_prior = None if scale is None else dist.LogNormal(0.0, float(scale))
-        model = PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale, temperature_prior=temperature_prior)
+        model = PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale,
+                            temperature_prior=lognormal_temperature_prior(scale))
     return Potential(model, (ctx.train,), meter=ctx.meter)
 
 

@@ -2,7 +2,12 @@
 
 from bayesprompt.models.potential import Evaluation, Potential, SiteInfo, seeded
 from bayesprompt.models.projection import RandomProjection
-from bayesprompt.models.prompt import DEFAULT_PRIOR_SCALE, LikelihoodFreePromptModel, PromptModel
+from bayesprompt.models.prompt import (
+    DEFAULT_PRIOR_SCALE,
+    LikelihoodFreePromptModel,
+    PromptModel,
+    lognormal_temperature_prior,
+)
 
 __all__ = [
     "DEFAULT_PRIOR_SCALE",
@@ -12,5 +17,6 @@ __all__ = [
     "PromptModel",
     "RandomProjection",
     "SiteInfo",
+    "lognormal_temperature_prior",
     "seeded",
 ]

@@ -30,7 +30,7 @@ from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.lm.label_only import LabelOnly
 from bayesprompt.models.projection import RandomProjection
 
-__all__ = ["PromptModel", "LikelihoodFreePromptModel", "DEFAULT_PRIOR_SCALE"]
+__all__ = ["PromptModel", "LikelihoodFreePromptModel", "DEFAULT_PRIOR_SCALE", "lognormal_temperature_prior"]
 
 #: Default prior scale of z. With BBT's projection (see :class:`RandomProjection`)
 #: ``z ~ N(0, 1)`` gives prompts with the spread of the model's own word embeddings.
@@ -159,6 +159,26 @@ class PromptModel(_PromptModelBase):
     def __call__(self, batch: EncodedBatch) -> torch.Tensor:
         z = self.sample_z()
         return self.observe(z, batch, self.sample_temperature())
+
+
+def lognormal_temperature_prior(scale: float | None) -> dist.Distribution | None:
+    """``LogNormal(0, scale)`` for :class:`PromptModel`'s ``temperature_prior``; ``None`` for ``scale=None``.
+
+    Raises
+    ------
+    ValueError
+        If ``scale`` is not a number > 0 (or ``None``).
+
+    Examples
+    --------
+    >>> lognormal_temperature_prior(0.5).scale.item(), lognormal_temperature_prior(None)
+    (0.5, None)
+    """
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+        raise ValueError(f"temperature_prior_scale must be a number > 0 or None, got {scale!r}")
+    return dist.LogNormal(0.0, float(scale))
 
 
 def _check_temperature_prior(prior: dist.Distribution) -> None:
