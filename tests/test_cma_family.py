@@ -155,11 +155,32 @@ def test_cma_elbo_with_kl_weight_one_finds_the_mean_field_optimum():
     mean, std = engine.variational_params(state)
     # With S common draws the iteration's objective is minimised at m shifted by about
     # s * mean(eps) (sd ~ 1/sqrt(S) = 0.06 mean-field sds per coordinate) and s scaled by
-    # mean(eps^2)^(-1/2) (relative sd ~ 1/sqrt(2S) = 0.044); picking the lowest noisy
-    # fitness over the run adds a winner's-curse drift. Tolerances: ~5 sd.
+    # mean(eps^2)^(-1/2) (relative sd ~ 1/sqrt(2S) = 0.044);
+    # the CMA mean follows those minimisers. Tolerances: ~5 sd.
     assert ((mean - problem.posterior_mean()).abs() < 0.35 * mean_field_std).all()
     assert ((std / mean_field_std - 1).abs() < 0.2).all()
     assert state.prior is not None  # the standard-normal prior gives the closed-form KL
+
+
+def test_cma_elbo_at_the_default_draws_does_not_inflate_q():
+    """With S = 4 the selected ``q`` (the CMA mean) stays near the mean-field optimum.
+
+    Fitnesses of different iterations use different draws, so the lowest one over a run
+    picks lucky draws; that rule gave a std / optimum ratio of 1.68 on average over six
+    seeds (range 1.08 to 2.41). The CMA mean gives 1.10 to 1.17 on average over ten seeds,
+    per-seed sd 0.17 to 0.32 (noise of S = 4 and Jensen's bias of its objective), so the
+    six-seed mean has sd <= 0.13 and the bound 1.45 is more than 2 sd above the mean.
+    """
+    problem = correlated_problem()
+    mean_field_std = torch.linalg.inv(problem.posterior_cov()).diagonal().rsqrt()
+    ratios = []
+    for seed in range(6):
+        engine = CMAELBO(popsize=8, num_mc_samples=4, kl_weight=1.0, max_iterations=100)
+        state = drive(engine, Potential(problem.model), seed=seed)
+        ratios.append(engine.variational_params(state)[1] / mean_field_std)
+    average = torch.stack(ratios).mean(0)
+    assert ((average > 0.8) & (average < 1.45)).all(), average
+    assert state.best_params.equal(torch.as_tensor(state.strategy.mean, dtype=torch.float64))
 
 
 def test_small_kl_weight_shrinks_q_towards_the_least_squares_fit():

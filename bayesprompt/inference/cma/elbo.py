@@ -71,9 +71,11 @@ class CMAELBOState:
     iteration : int
         Completed iterations.
     best_params : Tensor ``[2D]``
-        The selected ``theta`` (best fitness, or best dev score with a dev split).
+        The selected ``theta``: the CMA mean (pycma's ``xfavorite``), or with a dev split
+        the CMA mean with the best dev score.
     best_score : float
-        Its selection score (higher is better: minus the fitness, or the dev score).
+        Its selection score (higher is better): minus the last population's mean fitness,
+        or the dev score.
     best_fitness : float
         Lowest fitness (Monte Carlo negative ELBO) seen.
     rng_state : Tensor
@@ -115,7 +117,10 @@ class CMAELBO(Engine[CMAELBOState]):
         ``u [P, D] -> score [P]`` on a dev split (higher is better). If given, the mean
         ``m`` of the CMA mean's ``q`` is scored every ``dev_every`` iterations (one call)
         and the best-dev ``q`` is kept, as :class:`~bayesprompt.inference.cma.bbt.CMAES`
-        does; otherwise the candidate with the lowest fitness is kept.
+        does; otherwise the latest CMA mean is kept. (The lowest fitness over the run is
+        not a selection rule: each iteration draws its own ``epsilon``, so fitnesses of
+        different iterations are not comparable, and their minimum favours candidates
+        whose draws happened to make a wide ``s`` look cheap.)
     dev_every : int
         Dev-evaluation period in iterations.
     diagonal : bool
@@ -183,7 +188,6 @@ class CMAELBO(Engine[CMAELBOState]):
         terms = self.objective(potential, params, eps, state.prior)
         losses = tell(strategy, candidates, terms.fitness)
         best = int(losses.argmin())
-        improved = float(losses[best]) <= state.best_fitness
         new = replace(
             state,
             strategy=strategy,
@@ -199,7 +203,7 @@ class CMAELBO(Engine[CMAELBOState]):
             "kl": float(terms.kl[best]),
             "max_std": float(np.max(strategy.stds)),  # largest per-coordinate step size
         }
-        new = self._select(new, params[best], improved, info)
+        new = self._select(new, float(losses.mean()), info)
         info["best_fitness"] = new.best_fitness
         info["best_score"] = new.best_score
         return new, info
@@ -256,15 +260,13 @@ class CMAELBO(Engine[CMAELBOState]):
         mean, std = _split(state.best_params.unsqueeze(0))
         return mean[0], std[0]
 
-    def _select(self, state: CMAELBOState, best: torch.Tensor, improved: bool, info: dict[str, Any]) -> CMAELBOState:
-        """Keep the lowest-fitness candidate, or the CMA mean's ``q`` with the best dev score."""
+    def _select(self, state: CMAELBOState, mean_fitness: float, info: dict[str, Any]) -> CMAELBOState:
+        """Keep the latest CMA mean's ``q``, or the CMA mean's ``q`` with the best dev score."""
+        theta = torch.as_tensor(np.asarray(state.strategy.mean), dtype=torch.float64)
         if self.dev_score is None:
-            if improved:
-                return replace(state, best_params=best.clone(), best_score=-state.best_fitness)
-            return state
+            return replace(state, best_params=theta, best_score=-mean_fitness)
         if not dev_due(state.iteration, self.dev_every):
             return state
-        theta = torch.as_tensor(np.asarray(state.strategy.mean), dtype=torch.float64)
         score = float(self.dev_score(_split(theta.unsqueeze(0))[0].float())[0])
         info["dev_score"] = score
         if score > state.best_score:
