@@ -27,6 +27,13 @@ tasks, and optionally ``label``) with class probabilities and uncertainty scores
 
     bayesprompt predict runs/sst2-smc --input reviews.jsonl --out reviews.predictions.jsonl
 
+Weigh two prompt models of the same split by their SMC evidence and score their Bayesian
+model average (no query)::
+
+    bayesprompt fit --task rte --out runs/rte
+    bayesprompt fit --task rte --latent-temperature 1 --out runs/rte-tau
+    bayesprompt compare runs/rte runs/rte-tau
+
 Errors in the input (unknown task, bad option, missing or corrupt run files) exit with
 status 2 and a one-line message.
 """
@@ -65,6 +72,13 @@ _PREDICT_DESCRIPTION = (
     "entropy, mutual information, 1 - max p, 1 - vote margin). A summary goes to stderr. "
     "Queries are metered, not budgeted: one call per posterior sample and chunk of inputs."
 )
+_COMPARE_DESCRIPTION = (
+    "Weigh finished runs of the same task and few-shot split (task, k, dev_k, data seed, test "
+    "size) by their log evidence, which tempered SMC estimates: posterior model probabilities "
+    "p(M | y) under uniform (or given) prior model probabilities. Prints each run's evidence, "
+    "probability and test metrics, then the metrics of the Bayesian model average: the runs' "
+    "saved test (and common OOD) predictions mixed with those probabilities. No query is made."
+)
 _PLOT_DESCRIPTION = (
     "Draw the plots of a run's saved predictions into RUN/plots/: PAV reliability diagram "
     "(binary tasks), top-label reliability diagram, risk-coverage curves and, when OOD "
@@ -90,11 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bayesian soft prompts for black-box language models. "
         "Run `bayesprompt COMMAND --help` for the options of a command.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="fit, evaluate, predict or plot")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="fit, evaluate, predict, plot or compare")
     _add_fit(sub)
     _add_evaluate(sub)
     _add_predict(sub)
     _add_plot(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -188,6 +203,17 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
         run_help="run directory with predictions.npz (from fit or evaluate)",
     )
     plot.set_defaults(handler=_plot)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    compare = sub.add_parser(
+        "compare", help="weigh runs by their evidence and score their Bayesian model average",
+        description=_COMPARE_DESCRIPTION, formatter_class=_DefaultsFormatter,
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="finished runs (smc) of the same task and split")
+    compare.add_argument("--prior", nargs="+", type=float, default=None, metavar="P", help="prior model probabilities, one per run (default: uniform)")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
+    compare.set_defaults(handler=_compare)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -318,6 +344,21 @@ def _plot(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bayesprompt.pipeline import compare_runs
+    from bayesprompt.runs import jsonable
+
+    comparison = compare_runs(args.runs, prior_probabilities=args.prior)
+    if args.json:
+        print(json.dumps(jsonable(comparison), indent=1))
+        return 0
+    for row in comparison["runs"]:
+        print(f"{row['run']} ({row['engine']}): log evidence={row['log_evidence']:.3f} "
+              f"p(M | y)={row['probability']:.4f}; {_test_line(row)}")
+    print(f"model average: {_evaluation_summary(comparison['average'])}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- output
 def _test_line(metrics: Mapping[str, Any]) -> str:
     test = metrics["test"]
@@ -343,7 +384,9 @@ def _evaluation_summary(metrics: Mapping[str, Any]) -> str:
             f"{report[name + '/risk_rejection_aurc']:.4f}"
             for name in scores
         ]
-    arviz = metrics["arviz"]
+    arviz = metrics.get("arviz")
+    if arviz is None:
+        return "\n".join(lines)
     lines.append("arviz: " + ", ".join(f"{k}={_short(v)}" for k, v in arviz.items() if not isinstance(v, Mapping)))
     return "\n".join(lines)
 

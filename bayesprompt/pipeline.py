@@ -18,6 +18,7 @@ predictions and metrics of a finished run and :func:`plot_run` draws its plots.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,7 +57,9 @@ __all__ = [
     "FitConfig",
     "FitResult",
     "Forecast",
+    "SAME_DATA_FIELDS",
     "build_engine",
+    "compare_runs",
     "config_from_dict",
     "dev_accuracy_score",
     "evaluate_run",
@@ -689,6 +692,109 @@ def plot_run(directory: str | Path) -> list[Path]:
     return paths
 
 
+#: Config fields that define the data a run is conditioned on and tested on; runs compared
+#: by their evidence must agree on all of them.
+SAME_DATA_FIELDS = ("task", "k", "dev_k", "data_seed", "test_size")
+
+
+def compare_runs(
+    directories: Sequence[str | Path], prior_probabilities: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """Weigh finished runs of one task by their evidence and score their model average.
+
+    Each run is a prompt model (its prior, temperature, prompt length, ...) fitted to the
+    same few-shot split. Tempered SMC estimates each model's log evidence
+    ``log p(y_train | M)``; the posterior model probabilities follow
+    (:func:`~bayesprompt.averaging.posterior_model_probabilities`), and the saved test (and
+    OOD) predictions are mixed into the Bayesian model average
+    (:func:`~bayesprompt.averaging.mix_ensembles`), scored with the metrics of
+    :func:`evaluate_run`. No query is made.
+
+    Parameters
+    ----------
+    directories : sequence of str or Path
+        Two or more finished runs (``metrics.json`` and ``predictions.npz``) of score
+        engines that estimate the evidence (``smc``), on the same data
+        (:data:`SAME_DATA_FIELDS`).
+    prior_probabilities : sequence of float or None
+        Prior model probabilities (default: uniform).
+
+    Returns
+    -------
+    dict
+        ``{"runs": [{"run", "engine", "log_evidence", "probability", "test"}, ...],
+        "average": {"test", "uncertainty", "selective", "ood"?}}``; OOD metrics cover the
+        OOD tasks that every run has predictions for.
+
+    Examples
+    --------
+    ::
+
+        bayesprompt fit --task rte --out runs/rte
+        bayesprompt fit --task rte --latent-temperature 1 --out runs/rte-tau
+        bayesprompt compare runs/rte runs/rte-tau
+    """
+    if len(directories) < 2:
+        raise ValueError(f"compare needs at least two runs, got {len(directories)}")
+    opened = [_open_for_comparison(directory) for directory in directories]
+    _check_same_data([(run_dir, config) for run_dir, config, _, _ in opened])
+    from bayesprompt.averaging import mix_ensembles, posterior_model_probabilities
+
+    log_evidences = [log_z for _, _, log_z, _ in opened]
+    probabilities = posterior_model_probabilities(log_evidences, prior_probabilities)
+    saved = [predictions for _, _, _, predictions in opened]
+    for (run_dir, _, _, predictions) in opened[1:]:
+        if not torch.equal(predictions.test.labels, saved[0].test.labels):
+            raise ValueError(f"{run_dir.path}: its test labels differ from those of {opened[0][0].path}")
+    common_ood = [name for name in saved[0].ood if all(name in other.ood for other in saved[1:])]
+    task = get_task(opened[0][1].task)
+    average = _prediction_metrics(
+        task,
+        mix_ensembles([p.test for p in saved], probabilities),
+        {name: mix_ensembles([p.ood[name] for p in saved], probabilities) for name in common_ood},
+        smoothing=0.0,
+    )
+    rows = [
+        {
+            "run": str(run_dir.path),
+            "engine": config.engine,
+            "log_evidence": log_z,
+            "probability": float(probability),
+            "test": _prediction_metrics(task, predictions.test, {}, smoothing=0.0)["test"],
+        }
+        for (run_dir, config, log_z, predictions), probability in zip(opened, probabilities)
+    ]
+    return {"runs": rows, "average": average}
+
+
+def _open_for_comparison(directory: str | Path) -> tuple[RunDirectory, FitConfig, float, RunPredictions]:
+    """A finished score-engine run with a finite log evidence, and its saved predictions."""
+    run_dir = RunDirectory.open(directory)
+    config = _saved_config(run_dir, run_dir.read_config())
+    if config.likelihood_free:
+        raise ValueError(f"{run_dir.path}: engine {config.engine!r} is likelihood-free and estimates no evidence")
+    summary = _previous_metrics(run_dir).get("summary", {})
+    log_z = summary.get("log_evidence") if isinstance(summary, Mapping) else None
+    if not isinstance(log_z, (int, float)) or not math.isfinite(log_z):
+        raise ValueError(
+            f"{run_dir.file('metrics.json')}: no finite summary.log_evidence (engine {config.engine!r}, "
+            f"got {log_z!r}); the evidence comes from engines that estimate it, such as smc run to beta = 1"
+        )
+    return run_dir, config, float(log_z), run_dir.read_predictions()
+
+
+def _check_same_data(runs: Sequence[tuple[RunDirectory, FitConfig]]) -> None:
+    """Evidences are comparable only on the same data: the runs must agree on :data:`SAME_DATA_FIELDS`."""
+    first_dir, first = runs[0]
+    for run_dir, config in runs[1:]:
+        for name in SAME_DATA_FIELDS:
+            if getattr(config, name) != getattr(first, name):
+                raise ValueError(
+                    f"{run_dir.path}: {name} = {getattr(config, name)!r} but {first_dir.path} has "
+                    f"{getattr(first, name)!r}; evidences are comparable only on the same data"
+                )
+
+
 # ---------------------------------------------------------------------------- internals: setup
 def _config_dict(config: FitConfig) -> dict[str, Any]:
     return asdict(config)
@@ -1004,7 +1110,15 @@ def _evaluation_metrics(
     """Test classification, uncertainty, selective-prediction, OOD and ArviZ metrics."""
     from bayesprompt.arviz import summarize
 
-    smoothing = _smoothing(config)
+    metrics = _prediction_metrics(task, predictions, ood, _smoothing(config))
+    metrics["arviz"] = summarize(posterior)
+    return metrics
+
+
+def _prediction_metrics(
+    task: Task, predictions: EnsemblePredictions, ood: Mapping[str, EnsemblePredictions], smoothing: float
+) -> dict[str, Any]:
+    """Test classification, uncertainty, selective-prediction and OOD metrics of an ensemble."""
     probs = predictions.mean(smoothing)
     scores = predictions.uncertainty(smoothing)
     metrics: dict[str, Any] = {
@@ -1012,7 +1126,6 @@ def _evaluation_metrics(
         "test_split": "proxy_test" if task.name == "dbpedia" else "test",
         "uncertainty": {name: float(value.mean()) for name, value in scores.items()},
         "selective": selective_prediction_report(probs, predictions.labels, scores=scores),
-        "arviz": summarize(posterior),
     }
     if ood:
         correct = (probs.argmax(-1) == predictions.labels).numpy()

@@ -45,7 +45,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 
 # ---------------------------------------------------------------------------- help & bad input
-@pytest.mark.parametrize("command", ["", "fit", "evaluate", "predict", "plot"])
+@pytest.mark.parametrize("command", ["", "fit", "evaluate", "predict", "plot", "compare"])
 def test_help_documents_every_option(command, capsys):
     parser = subcommands()[command]
     with pytest.raises(SystemExit) as exit_info:

@@ -1,0 +1,113 @@
+"""Bayesian model averaging of prompt models by their evidence.
+
+Two prompt models fitted to the same training data (say, with and without a latent
+likelihood temperature, or with two prior scales) can be weighed by their marginal
+likelihoods, which tempered SMC estimates at no extra cost. The posterior probability of
+model ``k`` under prior model probabilities ``pi_k`` is
+
+.. math::
+
+    p(M_k \\mid y) = \\frac{\\pi_k \\, p(y \\mid M_k)}{\\sum_j \\pi_j \\, p(y \\mid M_j)},
+
+and the model-averaged predictive is :math:`\\sum_k p(M_k \\mid y)\\, p(y^* \\mid y, M_k)`,
+itself an ensemble: the samples of every model, each weighted by its own posterior weight
+times its model's probability (:func:`mix_ensembles`), so every metric of
+:mod:`bayesprompt.metrics` and every uncertainty score applies to it unchanged.
+
+The evidence must be of the same data: :func:`~bayesprompt.pipeline.compare_runs` checks
+that the runs share the task and the few-shot split. A model whose prior was tuned on the
+dev split (``prior_centre="dev"``) has an empirical-Bayes evidence, which favours it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bayesprompt.predict import EnsemblePredictions
+
+__all__ = ["posterior_model_probabilities", "mix_ensembles"]
+
+
+def posterior_model_probabilities(
+    log_evidences: Sequence[float], prior_probabilities: Sequence[float] | None = None
+) -> np.ndarray:
+    """Posterior model probabilities from log evidences (a softmax, in float64).
+
+    Parameters
+    ----------
+    log_evidences : sequence of float
+        ``log p(y | M_k)`` of each model, all finite.
+    prior_probabilities : sequence of float or None
+        ``pi_k``, positive and summing to one (default: uniform).
+
+    Returns
+    -------
+    ndarray ``[K]``
+        ``p(M_k | y)``, summing to one.
+
+    Examples
+    --------
+    >>> posterior_model_probabilities([-20.0, -20.0 + math.log(3)]).round(4).tolist()
+    [0.25, 0.75]
+    """
+    log_z = np.asarray(log_evidences, dtype=np.float64)
+    if log_z.ndim != 1 or log_z.size == 0:
+        raise ValueError(f"log_evidences must be a non-empty sequence of numbers, got {log_evidences!r}")
+    if not np.isfinite(log_z).all():
+        raise ValueError(f"log_evidences must be finite, got {log_z.tolist()}")
+    if prior_probabilities is None:
+        log_prior = np.zeros_like(log_z)
+    else:
+        prior = np.asarray(prior_probabilities, dtype=np.float64)
+        if prior.shape != log_z.shape or (prior <= 0).any() or not math.isclose(prior.sum(), 1.0, abs_tol=1e-9):
+            raise ValueError(
+                f"prior_probabilities must hold {log_z.size} positive numbers summing to 1, got {prior_probabilities!r}"
+            )
+        log_prior = np.log(prior)
+    joint = log_z + log_prior
+    weights = np.exp(joint - joint.max())
+    return weights / weights.sum()
+
+
+def mix_ensembles(ensembles: Sequence[EnsemblePredictions], model_probabilities: Sequence[float]) -> EnsemblePredictions:
+    """One ensemble holding every model's samples, weighted by ``p(M_k | y) * w_ks``.
+
+    Its mean is ``sum_k p(M_k | y) * ensembles[k].mean()``: the model-averaged predictive.
+
+    Parameters
+    ----------
+    ensembles : sequence of EnsemblePredictions
+        Per-model predictions of the same examples (same labels, same classes).
+    model_probabilities : sequence of float
+        Non-negative model weights summing to one (see :func:`posterior_model_probabilities`).
+
+    Examples
+    --------
+    >>> a = EnsemblePredictions(torch.tensor([[[0.9, 0.1]]]), torch.tensor([1.0]), torch.tensor([0]))
+    >>> b = EnsemblePredictions(torch.tensor([[[0.5, 0.5]], [[0.3, 0.7]]]), torch.tensor([0.5, 0.5]), torch.tensor([0]))
+    >>> mix_ensembles([a, b], [0.5, 0.5]).mean()
+    tensor([[0.6500, 0.3500]])
+    """
+    weights = np.asarray(model_probabilities, dtype=np.float64)
+    if len(ensembles) == 0 or weights.shape != (len(ensembles),):
+        raise ValueError(f"need one model probability per ensemble, got {len(ensembles)} ensembles and {weights.tolist()}")
+    if (weights < 0).any() or not math.isclose(weights.sum(), 1.0, abs_tol=1e-9):
+        raise ValueError(f"model_probabilities must be >= 0 and sum to 1, got {weights.tolist()}")
+    first = ensembles[0]
+    for index, other in enumerate(ensembles[1:], start=1):
+        if other.probs.shape[1:] != first.probs.shape[1:]:
+            raise ValueError(
+                f"ensemble {index} predicts [examples, classes] = {list(other.probs.shape[1:])}, "
+                f"ensemble 0 {list(first.probs.shape[1:])}"
+            )
+        if not torch.equal(other.labels, first.labels):
+            raise ValueError(f"ensemble {index} has other labels than ensemble 0: they must predict the same examples")
+    probs = torch.cat([e.probs.to(first.probs.dtype) for e in ensembles])
+    sample_weights = torch.cat(
+        [e.weights.double() * float(w) for e, w in zip(ensembles, weights)]
+    ).to(first.weights.dtype)
+    return EnsemblePredictions(probs, sample_weights / sample_weights.sum(), first.labels)
