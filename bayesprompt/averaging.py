@@ -14,6 +14,11 @@ itself an ensemble: the samples of every model, each weighted by its own posteri
 times its model's probability (:func:`mix_ensembles`), so every metric of
 :mod:`bayesprompt.metrics` and every uncertainty score applies to it unchanged.
 
+For nested models the average is also one posterior of the larger model
+(:func:`mix_posteriors`): a model without a latent temperature is the model with the
+temperature fixed at 1, so its samples get ``temperature = 1`` and both sets of samples
+predict through the larger model.
+
 The evidence must be of the same data: :func:`~bayesprompt.pipeline.compare_runs` checks
 that the runs share the task and the few-shot split. A model whose prior was tuned on the
 dev split (``prior_centre="dev"``) has an empirical-Bayes evidence, which favours it.
@@ -27,9 +32,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from bayesprompt.inference.posterior import Posterior
 from bayesprompt.predict import EnsemblePredictions
 
-__all__ = ["posterior_model_probabilities", "mix_ensembles"]
+__all__ = ["posterior_model_probabilities", "mix_ensembles", "mix_posteriors"]
 
 
 def posterior_model_probabilities(
@@ -111,3 +117,62 @@ def mix_ensembles(ensembles: Sequence[EnsemblePredictions], model_probabilities:
         [e.weights.double() * float(w) for e, w in zip(ensembles, weights)]
     ).to(first.weights.dtype)
     return EnsemblePredictions(probs, sample_weights / sample_weights.sum(), first.labels)
+
+
+def mix_posteriors(
+    posteriors: Sequence[Posterior],
+    model_probabilities: Sequence[float],
+    fixed: dict[str, float] | None = None,
+) -> Posterior:
+    """One posterior holding every model's samples, weighted by ``p(M_k | y) * w_ks``.
+
+    Parameters
+    ----------
+    posteriors : sequence of Posterior
+        Posteriors of nested models: after filling in ``fixed``, every posterior must
+        have the same latent sites with the same per-sample shapes.
+    model_probabilities : sequence of float
+        Non-negative model weights summing to one.
+    fixed : dict or None
+        ``{site: value}`` for sites that some models fix, e.g. ``{"temperature": 1.0}``
+        for a model without a latent temperature; a posterior missing such a site gets
+        the value for every sample (shaped like the site in the posteriors that have it).
+
+    Examples
+    --------
+    >>> plain = Posterior({"z": torch.zeros(2, 3)}, torch.zeros(2), summary={"log_evidence": -3.0})
+    >>> hot = Posterior({"z": torch.ones(1, 3), "temperature": torch.full((1, 1), 2.0)}, torch.zeros(1))
+    >>> mixed = mix_posteriors([plain, hot], [0.75, 0.25], fixed={"temperature": 1.0})
+    >>> mixed.samples["temperature"].flatten().tolist(), mixed.weights.tolist()
+    ([1.0, 1.0, 2.0], [0.375, 0.375, 0.25])
+    """
+    weights = np.asarray(model_probabilities, dtype=np.float64)
+    if len(posteriors) == 0 or weights.shape != (len(posteriors),):
+        raise ValueError(f"need one model probability per posterior, got {len(posteriors)} posteriors and {weights.tolist()}")
+    if (weights < 0).any() or not math.isclose(weights.sum(), 1.0, abs_tol=1e-9):
+        raise ValueError(f"model_probabilities must be >= 0 and sum to 1, got {weights.tolist()}")
+    fixed = dict(fixed or {})
+    shapes = {site: v.shape[1:] for p in posteriors for site, v in p.samples.items() if site in fixed}
+    filled = []
+    for index, posterior in enumerate(posteriors):
+        samples = dict(posterior.samples)
+        for site, value in fixed.items():
+            if site not in samples:
+                if site not in shapes:
+                    raise ValueError(f"fixed site {site!r} is in none of the posteriors")
+                samples[site] = torch.full((posterior.num_samples, *shapes[site]), float(value))
+        if index and (set(samples) != set(filled[0]) or any(samples[k].shape[1:] != filled[0][k].shape[1:] for k in samples)):
+            raise ValueError(
+                f"posterior {index} has sites {_shapes(samples)}, posterior 0 {_shapes(filled[0])}; "
+                "pass the sites one model fixes in `fixed`"
+            )
+        filled.append(samples)
+    log_weights = torch.cat(
+        [p.log_weights + (math.log(w) if w > 0 else -math.inf) for p, w in zip(posteriors, weights)]
+    )
+    samples = {site: torch.cat([s[site].to(filled[0][site].dtype) for s in filled]) for site in filled[0]}
+    return Posterior(samples, log_weights, engine="model-average")
+
+
+def _shapes(samples: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    return {site: list(value.shape[1:]) for site, value in sorted(samples.items())}

@@ -43,7 +43,7 @@ import torch
 
 from bayesprompt.data.task import Task
 from bayesprompt.inference.base import Engine, run
-from bayesprompt.inference.posterior import Posterior
+from bayesprompt.inference.posterior import Posterior, Status
 from bayesprompt.lm import LabelOnly, Meter
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.models.potential import Potential
@@ -540,6 +540,44 @@ def fit_smc_dev_prior(ctx: MethodContext) -> MethodOutcome:
     return outcome
 
 
+def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
+    """Bayesian model average of tempered SMC with and without a latent likelihood temperature.
+
+    Both models run tempered SMC on the training split under the cell's meter (each stops
+    by itself, typically after 300-600 calls). Their SMC log evidences give the posterior
+    model probabilities (uniform prior odds), and the prediction posterior holds both
+    particle sets, the plain model's with ``temperature = 1``
+    (:func:`~bayesprompt.averaging.mix_posteriors`), predicted through the tempered model.
+    The option ``temperature_prior_scale`` (default 1) sets the LogNormal scale; the rest
+    go to :class:`~bayesprompt.inference.smc.TemperedSMC`.
+    """
+    from bayesprompt.averaging import mix_posteriors, posterior_model_probabilities
+
+    scale = ctx.options.get("temperature_prior_scale", 1.0)
+    plain_ctx = dataclasses.replace(ctx, options={k: v for k, v in ctx.options.items() if k not in MODEL_OPTIONS})
+    tempered_ctx = dataclasses.replace(ctx, options={**ctx.options, "temperature_prior_scale": scale})
+    fitted = []
+    for model_ctx in (plain_ctx, tempered_ctx):
+        potential = make_potential(model_ctx, likelihood_free=False)
+        posterior = run(_smc_engine(model_ctx, potential), potential, seed=ctx.seed, meter=ctx.meter,
+                        progress=ctx.progress)
+        fitted.append((posterior, potential))
+    (plain, _), (tempered, potential) = fitted
+    log_z = [float(p.summary.get("log_evidence", math.nan)) for p in (plain, tempered)]
+    if not all(math.isfinite(value) for value in log_z):
+        raise RuntimeError(f"smc-average needs both SMC runs at beta = 1; log evidences {log_z}, "
+                           f"statuses {plain.status!r}, {tempered.status!r}")
+    probabilities = posterior_model_probabilities(log_z)
+    combined = mix_posteriors([plain, tempered], probabilities, fixed={"temperature": 1.0})
+    combined = dataclasses.replace(combined, status=tempered.status if plain.status == Status.FINISHED else plain.status)
+    outcome = posterior_outcome(ctx, combined, potential, likelihood_free=False)
+    outcome.summary.update(
+        log_evidence_plain=log_z[0], log_evidence_tempered=log_z[1], probability_tempered=float(probabilities[1]),
+        **{f"tempered_{k}": v for k, v in _temperature_summary(tempered).items()},
+    )
+    return outcome
+
+
 def _engine_fitter(make_engine: Callable[[MethodContext, Potential], Engine], likelihood_free: bool = False):
     def fit(ctx: MethodContext) -> MethodOutcome:
         return fit_engine(ctx, make_engine, likelihood_free)
@@ -590,6 +628,9 @@ def default_registry() -> dict[str, MethodSpec]:
         MethodSpec("smc-temp", "Tempered SMC, latent likelihood temperature", "ours",
                    "tempered SMC on z and a likelihood temperature ~ LogNormal(0, 1) that rescales the scores",
                    _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",), budget_free=True),
+        MethodSpec("smc-average", "Tempered SMC, model average over a latent temperature", "ours",
+                   "SMC with tau = 1 and with tau ~ LogNormal(0, 1), averaged by their evidence",
+                   fit_smc_average, requires=(f"{smc}:TemperedSMC",)),
         MethodSpec("smc-dev", "Tempered SMC, train + dev", "ours",
                    "tempered SMC conditioned on the training and dev examples (no held-out selection)",
                    _engine_fitter(_smc_engine), requires=(f"{smc}:TemperedSMC",), budget_free=True, conditions_on_dev=True),

@@ -188,6 +188,7 @@ class BenchmarkConfig:
         ("abc-smc", {"vote_smoothing": "dev"}),
         ("abc-mcmc", {"vote_smoothing": "dev"}),
         ("smc-temp", {"temperature_prior_scale": 1.0}),
+        ("smc-average", {"temperature_prior_scale": 1.0}),
     )
     data_dir: str | None = None
     length_bucket: int | None = None

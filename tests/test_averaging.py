@@ -142,3 +142,24 @@ def test_cli_compare_prints_the_table_and_json(two_runs, capsys):
     assert sum(row["probability"] for row in comparison["runs"]) == pytest.approx(1.0)
     assert cli.main(["compare", *runs, "--prior", "0.5"]) == 2
     assert "prior_probabilities must hold 2 positive numbers" in capsys.readouterr().err
+
+
+def test_mixed_posteriors_fill_the_fixed_site_and_weigh_by_model():
+    from bayesprompt.averaging import mix_posteriors
+    from bayesprompt.inference.posterior import Posterior
+
+    plain = Posterior({"z": torch.randn(3, 2)}, torch.tensor([0.0, 1.0, 2.0]))
+    tempered = Posterior({"z": torch.randn(2, 2), "temperature": torch.tensor([[2.0], [3.0]])}, torch.zeros(2))
+    mixed = mix_posteriors([plain, tempered], [0.4, 0.6], fixed={"temperature": 1.0})
+    assert mixed.samples["temperature"].shape == (5, 1) and mixed.samples["temperature"][:3].eq(1.0).all()
+    torch.testing.assert_close(mixed.weights[:3], 0.4 * plain.weights)
+    torch.testing.assert_close(mixed.weights[3:], torch.full((2,), 0.3, dtype=torch.float64))
+    torch.testing.assert_close(mixed.samples["z"], torch.cat([plain.samples["z"], tempered.samples["z"]]))
+    assert mix_posteriors([plain, tempered], [1.0, 0.0], fixed={"temperature": 1.0}).weights[3:].eq(0).all()
+    with pytest.raises(ValueError, match=r"posterior 1 has sites \{'temperature': \[1\], 'z': \[2\]\}, posterior 0 "
+                                         r"\{'z': \[2\]\}; pass the sites one model fixes"):
+        mix_posteriors([plain, tempered], [0.5, 0.5])
+    with pytest.raises(ValueError, match="fixed site 'scale' is in none of the posteriors"):
+        mix_posteriors([plain, tempered], [0.5, 0.5], fixed={"scale": 1.0})
+    with pytest.raises(ValueError, match="one model probability per posterior"):
+        mix_posteriors([plain], [0.5, 0.5])

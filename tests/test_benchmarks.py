@@ -123,14 +123,14 @@ def test_a_budget_free_run_that_stopped_by_itself_serves_every_budget_it_fits(tm
 def test_a_cell_killed_during_evaluation_resumes_from_its_fit(tmp_path, data_dir, monkeypatch):
     import benchmarks.run as bench_run
 
-    methods = ("zero-shot", "whitebox", "smc", "smc-temp", "abc-mcmc")  # fixed prompts, scores (one with a
-    # latent temperature: the reloaded model must have that site), and votes with dev smoothing
+    methods = ("zero-shot", "whitebox", "smc", "smc-temp", "smc-average", "abc-mcmc")  # fixed prompts, scores (two
+    # with a latent temperature: the reloaded model must have that site), and votes with dev smoothing
     fits: list[str] = []
     registry = default_registry()
     for name in methods:
         spec = registry[name]
         registry[name] = dataclasses.replace(spec, fit=lambda ctx, fit=spec.fit, name=name: fits.append(name) or fit(ctx))
-    config = fake_config(data_dir, methods=methods)
+    config = fake_config(data_dir, methods=methods, budgets=(400,))  # smc-average needs both runs at beta = 1
     real_evaluate = bench_run.evaluate
 
     def dies(*args, **kwargs):
@@ -479,6 +479,45 @@ def test_smc_temp_predicts_with_each_sample_s_own_temperature(data_dir):
             make_potential(dataclasses.replace(ctx, options=bad), likelihood_free=False)
     with pytest.raises(ValueError, match="label-only model has no likelihood"):
         make_potential(ctx, likelihood_free=True)
+
+
+def test_smc_average_mixes_both_models_by_their_evidence(data_dir):
+    from benchmarks.methods import MethodContext
+    from benchmarks.run import Resources
+    from bayesprompt.data import get_task
+    from bayesprompt.lm import Meter
+
+    config = fake_config(data_dir)
+    registry, options = default_registry(), config.options_for("smc-average")
+    assert options == {"temperature_prior_scale": 1.0}
+    resources, task = Resources(config), get_task("sst2")
+
+    def context(method_options):
+        backend = resources.backend(task, Meter(2000))
+        train, dev = resources.few_shot(task, 0)
+        return MethodContext(task, backend, resources.projection(task, backend), backend.encode(train),
+                             backend.encode(dev), 2000, 0, num_particles=8, options=method_options)
+
+    ctx = context(options)
+    outcome = registry["smc-average"].fit(ctx)
+    calls = ctx.meter.calls  # read now: the resources rebind the cached backend to the next context's meter
+    plain = registry["smc"].fit(context({}))  # the same seed: the plain half is the smc method's run
+    tempered = registry["smc-temp"].fit(context(options))
+    summary = outcome.summary
+    assert summary["log_evidence_plain"] == plain.summary["log_evidence"]
+    assert summary["log_evidence_tempered"] == tempered.summary["log_evidence"]
+    log_odds = summary["log_evidence_tempered"] - summary["log_evidence_plain"]
+    p_tempered = 1.0 / (1.0 + math.exp(-log_odds))
+    assert summary["probability_tempered"] == pytest.approx(p_tempered, rel=1e-9)
+    assert summary["tempered_temperature_mean"] == pytest.approx(tempered.summary["temperature_mean"])
+    assert calls == plain.summary["evaluations"] + tempered.summary["evaluations"]
+
+    samples, weights = outcome.fitted.samples, outcome.fitted.weights
+    temperature = samples["temperature"].reshape(-1)
+    assert outcome.fitted.num_samples == 16 and bool((temperature[:8] == 1.0).all())
+    assert float(weights[8:].sum()) == pytest.approx(p_tempered, rel=1e-6)
+    expected = (1 - p_tempered) * plain.predictor(ctx.dev).mean() + p_tempered * tempered.predictor(ctx.dev).mean()
+    torch.testing.assert_close(outcome.predictor(ctx.dev).mean().float(), expected.float(), rtol=1e-4, atol=1e-5)
 
 
 def test_smc_devprior_centres_the_prior_on_a_prompt_tuned_on_dev(data_dir):
