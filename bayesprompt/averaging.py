@@ -98,11 +98,7 @@ def mix_ensembles(ensembles: Sequence[EnsemblePredictions], model_probabilities:
     >>> mix_ensembles([a, b], [0.5, 0.5]).mean()
     tensor([[0.6500, 0.3500]])
     """
-    weights = np.asarray(model_probabilities, dtype=np.float64)
-    if len(ensembles) == 0 or weights.shape != (len(ensembles),):
-        raise ValueError(f"need one model probability per ensemble, got {len(ensembles)} ensembles and {weights.tolist()}")
-    if (weights < 0).any() or not math.isclose(weights.sum(), 1.0, abs_tol=1e-9):
-        raise ValueError(f"model_probabilities must be >= 0 and sum to 1, got {weights.tolist()}")
+    weights = _model_weights(model_probabilities, len(ensembles), "ensemble")
     first = ensembles[0]
     for index, other in enumerate(ensembles[1:], start=1):
         if other.probs.shape[1:] != first.probs.shape[1:]:
@@ -146,11 +142,7 @@ def mix_posteriors(
     >>> mixed.samples["temperature"].flatten().tolist(), mixed.weights.tolist()
     ([1.0, 1.0, 2.0], [0.375, 0.375, 0.25])
     """
-    weights = np.asarray(model_probabilities, dtype=np.float64)
-    if len(posteriors) == 0 or weights.shape != (len(posteriors),):
-        raise ValueError(f"need one model probability per posterior, got {len(posteriors)} posteriors and {weights.tolist()}")
-    if (weights < 0).any() or not math.isclose(weights.sum(), 1.0, abs_tol=1e-9):
-        raise ValueError(f"model_probabilities must be >= 0 and sum to 1, got {weights.tolist()}")
+    weights = _model_weights(model_probabilities, len(posteriors), "posterior")
     fixed = dict(fixed or {})
     shapes = {site: v.shape[1:] for p in posteriors for site, v in p.samples.items() if site in fixed}
     filled = []
@@ -172,6 +164,16 @@ def mix_posteriors(
     )
     samples = {site: torch.cat([s[site].to(filled[0][site].dtype) for s in filled]) for site in filled[0]}
     return Posterior(samples, log_weights, engine="model-average")
+
+
+def _model_weights(model_probabilities: Sequence[float], count: int, what: str) -> np.ndarray:
+    """Validated model probabilities: one per ``what``, non-negative, summing to one."""
+    weights = np.asarray(model_probabilities, dtype=np.float64)
+    if count == 0 or weights.shape != (count,):
+        raise ValueError(f"need one model probability per {what}, got {count} {what}s and {weights.tolist()}")
+    if (weights < 0).any() or not math.isclose(weights.sum(), 1.0, abs_tol=1e-9):
+        raise ValueError(f"model_probabilities must be >= 0 and sum to 1, got {weights.tolist()}")
+    return weights
 
 
 def _shapes(samples: dict[str, torch.Tensor]) -> dict[str, list[int]]:
