@@ -549,9 +549,11 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
     particle sets, the plain model's with ``temperature = 1``
     (:func:`~bayesprompt.averaging.mix_posteriors`), predicted through the tempered model.
     The option ``temperature_prior_scale`` (default 1) sets the LogNormal scale; the rest
-    go to :class:`~bayesprompt.inference.smc.TemperedSMC`.
+    go to :class:`~bayesprompt.inference.smc.TemperedSMC`. A model whose run the budget
+    stops before beta = 1 has no evidence estimate and gets probability 0 (the record's
+    status then says ``budget_exhausted``).
     """
-    from bayesprompt.averaging import mix_posteriors, posterior_model_probabilities
+    from bayesprompt.averaging import mix_posteriors
 
     scale = ctx.options.get("temperature_prior_scale", 1.0)
     plain_ctx = dataclasses.replace(ctx, options={k: v for k, v in ctx.options.items() if k not in MODEL_OPTIONS})
@@ -564,18 +566,35 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
         fitted.append((posterior, potential))
     (plain, _), (tempered, potential) = fitted
     log_z = [float(p.summary.get("log_evidence", math.nan)) for p in (plain, tempered)]
-    if not all(math.isfinite(value) for value in log_z):
-        raise RuntimeError(f"smc-average needs both SMC runs at beta = 1; log evidences {log_z}, "
-                           f"statuses {plain.status!r}, {tempered.status!r}")
-    probabilities = posterior_model_probabilities(log_z)
+    probabilities = _evidence_probabilities(log_z)
     combined = mix_posteriors([plain, tempered], probabilities, fixed={"temperature": 1.0})
     combined = dataclasses.replace(combined, status=tempered.status if plain.status == Status.FINISHED else plain.status)
     outcome = posterior_outcome(ctx, combined, potential, likelihood_free=False)
     outcome.summary.update(
-        log_evidence_plain=log_z[0], log_evidence_tempered=log_z[1], probability_tempered=float(probabilities[1]),
+        _scalars({"log_evidence_plain": log_z[0], "log_evidence_tempered": log_z[1]}),
+        probability_tempered=probabilities[1],
         **{f"tempered_{k}": v for k, v in _temperature_summary(tempered).items()},
     )
     return outcome
+
+
+def _evidence_probabilities(log_z: list[float]) -> list[float]:
+    """Posterior model probabilities of the models whose SMC reached beta = 1 (finite log evidence).
+
+    A model stopped by the budget has no evidence estimate and gets probability 0, so the
+    finished work of the others is kept; if none finished, the first (plain) model's
+    particles are used, as its own method would return them.
+    """
+    from bayesprompt.averaging import posterior_model_probabilities
+
+    finished = [index for index, value in enumerate(log_z) if math.isfinite(value)]
+    if not finished:
+        return [1.0] + [0.0] * (len(log_z) - 1)
+    probabilities = posterior_model_probabilities([log_z[index] for index in finished])
+    out = [0.0] * len(log_z)
+    for index, probability in zip(finished, probabilities):
+        out[index] = float(probability)
+    return out
 
 
 def _engine_fitter(make_engine: Callable[[MethodContext, Potential], Engine], likelihood_free: bool = False):

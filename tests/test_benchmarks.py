@@ -620,3 +620,15 @@ def test_point_vs_posterior_command_on_minilm(tmp_path, data_dir, capsys):
     assert "| SMC particles" in printed and "| 0.5 x BBT z |" in printed
     saved = json.loads(out.read_text())
     assert saved["task"] == "sst2" and len(saved["rows"]) == 9
+
+
+@pytest.mark.parametrize("log_z, expected", [
+    ([-10.0, -10.0 + math.log(3)], [0.25, 0.75]),
+    ([-10.0, math.nan], [1.0, 0.0]),  # the tempered run stopped before beta = 1: no evidence, weight 0
+    ([math.nan, -12.0], [0.0, 1.0]),
+    ([math.nan, math.nan], [1.0, 0.0]),  # neither finished: the plain run's particles, as `smc` returns them
+])
+def test_smc_average_weighs_only_the_runs_that_reached_the_posterior(log_z, expected):
+    from benchmarks.methods import _evidence_probabilities
+
+    assert _evidence_probabilities(log_z) == pytest.approx(expected)
