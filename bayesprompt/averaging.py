@@ -27,7 +27,7 @@ dev split (``prior_centre="dev"``) has an empirical-Bayes evidence, which favour
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ def posterior_model_probabilities(
     log_evidences : sequence of float
         ``log p(y | M_k)`` of each model, all finite.
     prior_probabilities : sequence of float or None
-        ``pi_k``, positive and summing to one (default: uniform).
+        ``pi_k``: positive prior weights, normalised here (default: uniform).
 
     Returns
     -------
@@ -69,11 +69,11 @@ def posterior_model_probabilities(
         log_prior = np.zeros_like(log_z)
     else:
         prior = np.asarray(prior_probabilities, dtype=np.float64)
-        if prior.shape != log_z.shape or (prior <= 0).any() or not math.isclose(prior.sum(), 1.0, abs_tol=1e-9):
+        if prior.shape != log_z.shape or not (np.isfinite(prior) & (prior > 0)).all():
             raise ValueError(
-                f"prior_probabilities must hold {log_z.size} positive numbers summing to 1, got {prior_probabilities!r}"
+                f"prior_probabilities must hold {log_z.size} positive numbers (one per model), got {prior_probabilities!r}"
             )
-        log_prior = np.log(prior)
+        log_prior = np.log(prior / prior.sum())
     joint = log_z + log_prior
     weights = np.exp(joint - joint.max())
     return weights / weights.sum()
@@ -83,6 +83,9 @@ def mix_ensembles(ensembles: Sequence[EnsemblePredictions], model_probabilities:
     """One ensemble holding every model's samples, weighted by ``p(M_k | y) * w_ks``.
 
     Its mean is ``sum_k p(M_k | y) * ensembles[k].mean()``: the model-averaged predictive.
+    Each ensemble's weights are normalised first. (With vote smoothing,
+    ``mean(dirichlet_alpha > 0)`` of the mixture is not the average of the smoothed means,
+    since the number of samples changes; the averages of score-based runs are exact.)
 
     Parameters
     ----------
@@ -108,10 +111,9 @@ def mix_ensembles(ensembles: Sequence[EnsemblePredictions], model_probabilities:
             )
         if not torch.equal(other.labels, first.labels):
             raise ValueError(f"ensemble {index} has other labels than ensemble 0: they must predict the same examples")
-    probs = torch.cat([e.probs.to(first.probs.dtype) for e in ensembles])
-    sample_weights = torch.cat(
-        [e.weights.double() * float(w) for e, w in zip(ensembles, weights)]
-    ).to(first.weights.dtype)
+    dtype = _common_dtype(e.probs for e in ensembles)
+    probs = torch.cat([e.probs.to(dtype) for e in ensembles])
+    sample_weights = torch.cat([e.weights.double() / e.weights.double().sum() * float(w) for e, w in zip(ensembles, weights)])
     return EnsemblePredictions(probs, sample_weights / sample_weights.sum(), first.labels)
 
 
@@ -121,6 +123,12 @@ def mix_posteriors(
     fixed: dict[str, float] | None = None,
 ) -> Posterior:
     """One posterior holding every model's samples, weighted by ``p(M_k | y) * w_ks``.
+
+    This is the posterior under the mixture prior ``sum_k pi_k p(theta | M_k)``, where a
+    model that fixes a site puts a point mass on its value. It serves predictions and
+    posterior expectations; it has no density, so it is not a starting population for
+    further SMC or MCMC moves, nor an input to density-based diagnostics (LOO).
+    Models with probability 0 contribute no samples.
 
     Parameters
     ----------
@@ -141,29 +149,42 @@ def mix_posteriors(
     >>> mixed = mix_posteriors([plain, hot], [0.75, 0.25], fixed={"temperature": 1.0})
     >>> mixed.samples["temperature"].flatten().tolist(), mixed.weights.tolist()
     ([1.0, 1.0, 2.0], [0.375, 0.375, 0.25])
+    >>> mix_posteriors([plain, hot], [1.0, 0.0], fixed={"temperature": 1.0}).num_samples
+    2
     """
     weights = _model_weights(model_probabilities, len(posteriors), "posterior")
     fixed = dict(fixed or {})
-    shapes = {site: v.shape[1:] for p in posteriors for site, v in p.samples.items() if site in fixed}
+    like = {site: v for p in posteriors for site, v in p.samples.items() if site in fixed}
     filled = []
     for index, posterior in enumerate(posteriors):
         samples = dict(posterior.samples)
         for site, value in fixed.items():
             if site not in samples:
-                if site not in shapes:
+                if site not in like:
                     raise ValueError(f"fixed site {site!r} is in none of the posteriors")
-                samples[site] = torch.full((posterior.num_samples, *shapes[site]), float(value))
+                shape = (posterior.num_samples, *like[site].shape[1:])
+                samples[site] = torch.full(shape, float(value), dtype=like[site].dtype)
         if index and (set(samples) != set(filled[0]) or any(samples[k].shape[1:] != filled[0][k].shape[1:] for k in samples)):
             raise ValueError(
                 f"posterior {index} has sites {_shapes(samples)}, posterior 0 {_shapes(filled[0])}; "
                 "pass the sites one model fixes in `fixed`"
             )
         filled.append(samples)
-    log_weights = torch.cat(
-        [p.log_weights + (math.log(w) if w > 0 else -math.inf) for p, w in zip(posteriors, weights)]
-    )
-    samples = {site: torch.cat([s[site].to(filled[0][site].dtype) for s in filled]) for site in filled[0]}
+    kept = [index for index, w in enumerate(weights) if w > 0]
+    log_weights = torch.cat([posteriors[i].log_weights + math.log(weights[i]) for i in kept])
+    samples = {}
+    for site in filled[0]:
+        dtype = _common_dtype(filled[i][site] for i in kept)
+        samples[site] = torch.cat([filled[i][site].to(dtype) for i in kept])
     return Posterior(samples, log_weights, engine="model-average")
+
+
+def _common_dtype(tensors: Iterable[torch.Tensor]) -> torch.dtype:
+    """The dtype all ``tensors`` promote to (no precision is lost in the concatenation)."""
+    dtype = None
+    for tensor in tensors:
+        dtype = tensor.dtype if dtype is None else torch.promote_types(dtype, tensor.dtype)
+    return dtype
 
 
 def _model_weights(model_probabilities: Sequence[float], count: int, what: str) -> np.ndarray:

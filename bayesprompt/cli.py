@@ -73,9 +73,10 @@ _PREDICT_DESCRIPTION = (
     "Queries are metered, not budgeted: one call per posterior sample and chunk of inputs."
 )
 _COMPARE_DESCRIPTION = (
-    "Weigh finished runs of the same task and few-shot split (task, k, dev_k, data seed, test "
-    "size) by their log evidence, which tempered SMC estimates: posterior model probabilities "
-    "p(M | y) under uniform (or given) prior model probabilities. Prints each run's evidence, "
+    "Weigh finished runs fitted to the same few-shot training examples (task, k, data seed, and "
+    "the examples' fingerprints in metrics.json) and evaluated on the same test set by their log "
+    "evidence, which tempered SMC estimates: posterior model probabilities p(M | y) under "
+    "uniform (or given) prior model weights. Prints each run's evidence, "
     "probability and test metrics, then the metrics of the Bayesian model average: the runs' "
     "saved test (and common OOD) predictions mixed with those probabilities. No query is made."
 )
@@ -211,7 +212,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         description=_COMPARE_DESCRIPTION, formatter_class=_DefaultsFormatter,
     )
     compare.add_argument("runs", nargs="+", metavar="RUN", help="finished runs (smc) of the same task and split")
-    compare.add_argument("--prior", nargs="+", type=float, default=None, metavar="P", help="prior model probabilities, one per run (default: uniform)")
+    compare.add_argument("--prior", nargs="+", type=float, default=None, metavar="P", help="prior weights of the models, one per run, normalised; put it after the runs (default: uniform)")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
     compare.set_defaults(handler=_compare)
 

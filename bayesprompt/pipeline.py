@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from bayesprompt.data import balanced_subsample, few_shot_split, get_task, load_jsonl, load_split
+from bayesprompt.data import balanced_subsample, examples_fingerprint, few_shot_split, get_task, load_jsonl, load_split
 from bayesprompt.data.task import UNLABELLED, Example, Task
 from bayesprompt.inference.base import Engine, init_state, run
 from bayesprompt.inference.empirical_bayes import DevCentre, fit_dev_centre
@@ -392,6 +392,7 @@ class _Setup:
     dev: EncodedBatch
     test: list[Example]
     centre: DevCentre | None = None
+    fingerprints: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- fit / resume
@@ -692,9 +693,9 @@ def plot_run(directory: str | Path) -> list[Path]:
     return paths
 
 
-#: Config fields that define the data a run is conditioned on and tested on; runs compared
-#: by their evidence must agree on all of them.
-SAME_DATA_FIELDS = ("task", "k", "dev_k", "data_seed", "test_size")
+#: Config fields that define the training examples a run is conditioned on; runs compared
+#: by their evidence must agree on all of them (and on ``metrics["data"]`` where saved).
+SAME_DATA_FIELDS = ("task", "k", "data_seed")
 
 
 def compare_runs(
@@ -702,29 +703,30 @@ def compare_runs(
 ) -> dict[str, Any]:
     """Weigh finished runs of one task by their evidence and score their model average.
 
-    Each run is a prompt model (its prior, temperature, prompt length, ...) fitted to the
-    same few-shot split. Tempered SMC estimates each model's log evidence
-    ``log p(y_train | M)``; the posterior model probabilities follow
-    (:func:`~bayesprompt.averaging.posterior_model_probabilities`), and the saved test (and
-    OOD) predictions are mixed into the Bayesian model average
+    Each run is a prompt model (its prior, temperature, prompt length, verbalizers,
+    backend, ...) fitted to the same few-shot training examples. Tempered SMC estimates
+    each model's log evidence ``log p(y_train | M)``; the posterior model probabilities
+    follow (:func:`~bayesprompt.averaging.posterior_model_probabilities`), and the saved
+    test (and OOD) predictions are mixed into the Bayesian model average
     (:func:`~bayesprompt.averaging.mix_ensembles`), scored with the metrics of
     :func:`evaluate_run`. No query is made.
 
     Parameters
     ----------
     directories : sequence of str or Path
-        Two or more finished runs (``metrics.json`` and ``predictions.npz``) of score
-        engines that estimate the evidence (``smc``), on the same data
-        (:data:`SAME_DATA_FIELDS`).
+        Two or more distinct finished runs (``metrics.json`` and ``predictions.npz``) of
+        score engines that estimate the evidence (``smc`` run to beta = 1), on the same
+        training examples (:data:`SAME_DATA_FIELDS`, and the fingerprints of the training
+        and test examples that runs save in ``metrics["data"]``) and the same test set.
     prior_probabilities : sequence of float or None
-        Prior model probabilities (default: uniform).
+        Positive prior weights of the models, normalised (default: uniform).
 
     Returns
     -------
     dict
         ``{"runs": [{"run", "engine", "log_evidence", "probability", "test"}, ...],
-        "average": {"test", "uncertainty", "selective", "ood"?}}``; OOD metrics cover the
-        OOD tasks that every run has predictions for.
+        "average": {"test", "test_split", "uncertainty", "selective", "ood"?}}``; OOD
+        metrics cover the OOD tasks that every run has predictions for.
 
     Examples
     --------
@@ -736,63 +738,81 @@ def compare_runs(
     """
     if len(directories) < 2:
         raise ValueError(f"compare needs at least two runs, got {len(directories)}")
-    opened = [_open_for_comparison(directory) for directory in directories]
-    _check_same_data([(run_dir, config) for run_dir, config, _, _ in opened])
+    resolved = [Path(directory).resolve() for directory in directories]
+    if len(set(resolved)) < len(resolved):
+        raise ValueError(f"compare got the same run twice: {[str(d) for d in directories]}")
+    runs = [_ComparedRun.open(directory) for directory in directories]
+    for run in runs[1:]:
+        run.check_same_data(runs[0])
     from bayesprompt.averaging import mix_ensembles, posterior_model_probabilities
 
-    log_evidences = [log_z for _, _, log_z, _ in opened]
-    probabilities = posterior_model_probabilities(log_evidences, prior_probabilities)
-    saved = [predictions for _, _, _, predictions in opened]
-    for (run_dir, _, _, predictions) in opened[1:]:
-        if not torch.equal(predictions.test.labels, saved[0].test.labels):
-            raise ValueError(f"{run_dir.path}: its test labels differ from those of {opened[0][0].path}")
-    common_ood = [name for name in saved[0].ood if all(name in other.ood for other in saved[1:])]
-    task = get_task(opened[0][1].task)
+    probabilities = posterior_model_probabilities([run.log_evidence for run in runs], prior_probabilities)
+    task = get_task(runs[0].config.task)
+    common_ood = [name for name in runs[0].predictions.ood if all(name in run.predictions.ood for run in runs[1:])]
     average = _prediction_metrics(
         task,
-        mix_ensembles([p.test for p in saved], probabilities),
-        {name: mix_ensembles([p.ood[name] for p in saved], probabilities) for name in common_ood},
+        mix_ensembles([run.predictions.test for run in runs], probabilities),
+        {name: mix_ensembles([run.predictions.ood[name] for run in runs], probabilities) for name in common_ood},
         smoothing=0.0,
     )
     rows = [
         {
-            "run": str(run_dir.path),
-            "engine": config.engine,
-            "log_evidence": log_z,
+            "run": str(run.directory.path),
+            "engine": run.config.engine,
+            "log_evidence": run.log_evidence,
             "probability": float(probability),
-            "test": _prediction_metrics(task, predictions.test, {}, smoothing=0.0)["test"],
+            "test": _prediction_metrics(task, run.predictions.test, {}, smoothing=0.0)["test"],
         }
-        for (run_dir, config, log_z, predictions), probability in zip(opened, probabilities)
+        for run, probability in zip(runs, probabilities)
     ]
     return {"runs": rows, "average": average}
 
 
-def _open_for_comparison(directory: str | Path) -> tuple[RunDirectory, FitConfig, float, RunPredictions]:
+@dataclass(frozen=True)
+class _ComparedRun:
     """A finished score-engine run with a finite log evidence, and its saved predictions."""
-    run_dir = RunDirectory.open(directory)
-    config = _saved_config(run_dir, run_dir.read_config())
-    if config.likelihood_free:
-        raise ValueError(f"{run_dir.path}: engine {config.engine!r} is likelihood-free and estimates no evidence")
-    summary = _previous_metrics(run_dir).get("summary", {})
-    log_z = summary.get("log_evidence") if isinstance(summary, Mapping) else None
-    if not isinstance(log_z, (int, float)) or not math.isfinite(log_z):
-        raise ValueError(
-            f"{run_dir.file('metrics.json')}: no finite summary.log_evidence (engine {config.engine!r}, "
-            f"got {log_z!r}); the evidence comes from engines that estimate it, such as smc run to beta = 1"
-        )
-    return run_dir, config, float(log_z), run_dir.read_predictions()
 
+    directory: RunDirectory
+    config: FitConfig
+    log_evidence: float
+    fingerprints: Mapping[str, str]
+    predictions: RunPredictions
 
-def _check_same_data(runs: Sequence[tuple[RunDirectory, FitConfig]]) -> None:
-    """Evidences are comparable only on the same data: the runs must agree on :data:`SAME_DATA_FIELDS`."""
-    first_dir, first = runs[0]
-    for run_dir, config in runs[1:]:
+    @classmethod
+    def open(cls, path: str | Path) -> "_ComparedRun":
+        run_dir = RunDirectory.open(path)
+        config = _saved_config(run_dir, run_dir.read_config())
+        if config.likelihood_free:
+            raise ValueError(f"{run_dir.path}: engine {config.engine!r} is likelihood-free and estimates no evidence")
+        metrics = _previous_metrics(run_dir)
+        summary = metrics.get("summary", {})
+        log_z = summary.get("log_evidence") if isinstance(summary, Mapping) else None
+        if isinstance(log_z, bool) or not isinstance(log_z, (int, float)) or not math.isfinite(log_z):
+            raise ValueError(
+                f"{run_dir.file('metrics.json')}: no finite summary.log_evidence (engine {config.engine!r}, "
+                f"got {log_z!r}); the evidence comes from engines that estimate it, such as smc run to beta = 1"
+            )
+        data = metrics.get("data", {})
+        return cls(run_dir, config, float(log_z), data if isinstance(data, Mapping) else {}, run_dir.read_predictions())
+
+    def check_same_data(self, first: "_ComparedRun") -> None:
+        """Raise unless this run saw ``first``'s training examples and predicted its test (and OOD) sets."""
+        here, there = self.directory.path, first.directory.path
         for name in SAME_DATA_FIELDS:
-            if getattr(config, name) != getattr(first, name):
-                raise ValueError(
-                    f"{run_dir.path}: {name} = {getattr(config, name)!r} but {first_dir.path} has "
-                    f"{getattr(first, name)!r}; evidences are comparable only on the same data"
-                )
+            mine, theirs = getattr(self.config, name), getattr(first.config, name)
+            if mine != theirs:
+                raise ValueError(f"{here}: {name} = {mine!r} but {there} has {theirs!r}; "
+                                 "evidences are comparable only on the same training examples")
+        for key, what in (("train_sha256", "training examples"), ("test_sha256", "test examples")):
+            if key in self.fingerprints and key in first.fingerprints and self.fingerprints[key] != first.fingerprints[key]:
+                raise ValueError(f"{here}: its {what} differ from those of {there} (metrics.json data.{key})")
+        pairs = [("test", self.predictions.test, first.predictions.test)]
+        pairs += [(f"OOD {name}", ood, first.predictions.ood[name])
+                  for name, ood in self.predictions.ood.items() if name in first.predictions.ood]
+        for what, mine, theirs in pairs:
+            if mine.probs.shape[1:] != theirs.probs.shape[1:] or not torch.equal(mine.labels, theirs.labels):
+                raise ValueError(f"{here}: its {what} predictions cover other examples than those of {there} "
+                                 f"(evaluate both with the same --ood and --ood-size)")
 
 
 # ---------------------------------------------------------------------------- internals: setup
@@ -821,7 +841,9 @@ def _setup(config: FitConfig, task: Task, projection: RandomProjection | None) -
     _check_projection(config, projection)
     train_batch, dev_batch = backend.encode(train), backend.encode(dev)
     potential = _potential(config, backend, projection, train_batch)
-    return _Setup(config, task, meter, backend, projection, potential, train_batch, dev_batch, test)
+    fingerprints = {"train_sha256": examples_fingerprint(train), "test_sha256": examples_fingerprint(test)}
+    return _Setup(config, task, meter, backend, projection, potential, train_batch, dev_batch, test,
+                  fingerprints=fingerprints)
 
 
 def _previous_metrics(run_dir: RunDirectory) -> dict[str, Any]:
@@ -1004,6 +1026,7 @@ def _complete(
         "num_samples": posterior.num_samples,
         "posterior_ess": posterior.ess,
         "summary": posterior.summary,
+        "data": dict(setup.fingerprints),
         **_evaluation_metrics(config, task, posterior, predictions, {}),
     }
     if config.likelihood_free:

@@ -106,7 +106,12 @@ def load_fit(ctx: MethodContext, directory: str | Path) -> tuple[MethodOutcome, 
     if kind == "posterior":
         potential = make_potential(ctx, likelihood_free)
         potential.discover_sites()  # free under a meter; prediction needs the sites
-        predictor = posterior_predictor(ctx, Posterior.load(directory), potential, likelihood_free)
+        posterior = Posterior.load(directory)
+        unknown = set(posterior.samples) - {site.name for site in potential.sites}
+        if unknown:  # the model would ignore them and predict as if they were absent
+            raise ValueError(f"{directory}: the checkpointed posterior has sites {sorted(unknown)} that the method's "
+                             "model (built from its options) lacks; were the method_options changed?")
+        predictor = posterior_predictor(ctx, posterior, potential, likelihood_free)
     elif kind == "prompts":
         try:
             prompts = torch.from_numpy(np.load(directory / _PROMPTS))

@@ -548,14 +548,17 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
     model probabilities (uniform prior odds), and the prediction posterior holds both
     particle sets, the plain model's with ``temperature = 1``
     (:func:`~bayesprompt.averaging.mix_posteriors`), predicted through the tempered model.
-    The option ``temperature_prior_scale`` (default 1) sets the LogNormal scale; the rest
+    The option ``temperature_prior_scale`` (required; 1 in the default ``method_options``)
+    sets the LogNormal scale; the rest
     go to :class:`~bayesprompt.inference.smc.TemperedSMC`. A model whose run the budget
     stops before beta = 1 has no evidence estimate and gets probability 0 (the record's
     status then says ``budget_exhausted``).
     """
     from bayesprompt.averaging import mix_posteriors
 
-    scale = ctx.options.get("temperature_prior_scale", 1.0)
+    scale = ctx.options.get("temperature_prior_scale")
+    if scale is None:  # a resumed evaluation rebuilds the model from the options: they must name the scale
+        raise ValueError("smc-average needs the option temperature_prior_scale (set in the default method_options)")
     plain_ctx = dataclasses.replace(ctx, options={k: v for k, v in ctx.options.items() if k not in MODEL_OPTIONS})
     tempered_ctx = dataclasses.replace(ctx, options={**ctx.options, "temperature_prior_scale": scale})
     fitted = []

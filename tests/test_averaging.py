@@ -39,15 +39,17 @@ def test_model_probabilities_are_bayes_rule_on_exact_evidences():
     expected = [j / sum(joint) for j in joint]
     np.testing.assert_allclose(posterior_model_probabilities(log_z, prior), expected, rtol=1e-12)
     assert posterior_model_probabilities([-1e4, -1e4 - math.log(4)]).tolist() == pytest.approx([0.8, 0.2])  # no underflow
+    weights = posterior_model_probabilities(log_z, [5.0, 3.0, 2.0])  # prior weights are normalised
+    np.testing.assert_allclose(weights, expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("log_z, prior, message", [
     ([], None, "non-empty sequence"),
     ([0.0, math.nan], None, "must be finite"),
     ([0.0, -math.inf], None, "must be finite"),
-    ([0.0, 1.0], [1.0], "2 positive numbers summing to 1"),
-    ([0.0, 1.0], [0.7, 0.7], "2 positive numbers summing to 1"),
-    ([0.0, 1.0], [1.0, 0.0], "2 positive numbers summing to 1"),
+    ([0.0, 1.0], [1.0], r"2 positive numbers \(one per model\)"),
+    ([0.0, 1.0], [1.0, 0.0], r"2 positive numbers \(one per model\)"),
+    ([0.0, 1.0], [1.0, math.nan], r"2 positive numbers \(one per model\)"),
 ])
 def test_model_probabilities_reject_bad_input(log_z, prior, message):
     with pytest.raises(ValueError, match=message):
@@ -67,7 +69,10 @@ def test_mixture_is_the_model_average_of_means_and_of_expected_entropies():
     entropy = torch.special.entr(0.3 * a.mean() + 0.7 * b.mean()).sum(-1)
     torch.testing.assert_close(scores["predictive_entropy"], entropy)
     torch.testing.assert_close(mix_ensembles([a, b], [1.0, 0.0]).mean(), a.mean())
-
+    unnormalised = EnsemblePredictions(a.probs, a.weights * 7.0, a.labels)  # each ensemble is normalised first
+    torch.testing.assert_close(mix_ensembles([unnormalised, b], [0.3, 0.7]).mean(), mixed.mean())
+    single = EnsemblePredictions(b.probs.float(), b.weights.float(), b.labels)
+    assert mix_ensembles([single, a], [0.5, 0.5]).probs.dtype == torch.float64  # promoted, not truncated
 
 def test_mixture_rejects_ensembles_of_other_examples():
     a = _ensemble(0, samples=2)
@@ -118,6 +123,23 @@ def test_compare_refuses_runs_of_other_data_or_without_evidence(tmp_path, fake_b
     pipeline.fit(pipeline.FitConfig(out=str(other_split), data_seed=1, **BASE), progress=False)
     with pytest.raises(ValueError, match=f"{other_split}: data_seed = 1 but .* has 0; evidences are comparable only"):
         pipeline.compare_runs([two_runs[0], other_split])
+    with pytest.raises(ValueError, match="compare got the same run twice"):
+        pipeline.compare_runs([two_runs[0], tmp_path / "plain" / ".." / "plain"])
+
+    saved = [RunDirectory(run).read_metrics()["data"] for run in two_runs]  # the fit fingerprints its examples
+    assert saved[0] == saved[1] and set(saved[0]) == {"train_sha256", "test_sha256"}
+    assert RunDirectory(other_split).read_metrics()["data"]["train_sha256"] != saved[0]["train_sha256"]
+    run_dir = RunDirectory(two_runs[1])
+    metrics = run_dir.read_metrics()
+    run_dir.write_metrics({**metrics, "data": {**metrics["data"], "train_sha256": "0" * 64}})  # e.g. another data dir
+    with pytest.raises(ValueError, match=f"{two_runs[1]}: its training examples differ .* data.train_sha256"):
+        pipeline.compare_runs(two_runs)
+    run_dir.write_metrics(metrics)
+
+    pipeline.evaluate_run(two_runs[0], ood=["imdb"], ood_size=4)
+    pipeline.evaluate_run(two_runs[1], ood=["imdb"], ood_size=6)
+    with pytest.raises(ValueError, match="its OOD imdb predictions cover other examples"):
+        pipeline.compare_runs(two_runs)
     eki = tmp_path / "eki"
     pipeline.fit(pipeline.FitConfig(out=str(eki), **{**BASE, "engine": "eki", "engine_options": {}}), progress=False)
     with pytest.raises(ValueError, match="no finite summary.log_evidence \\(engine 'eki'"):
@@ -141,7 +163,7 @@ def test_cli_compare_prints_the_table_and_json(two_runs, capsys):
     comparison = json.loads(capsys.readouterr().out)
     assert sum(row["probability"] for row in comparison["runs"]) == pytest.approx(1.0)
     assert cli.main(["compare", *runs, "--prior", "0.5"]) == 2
-    assert "prior_probabilities must hold 2 positive numbers" in capsys.readouterr().err
+    assert "prior_probabilities must hold 2 positive numbers (one per model)" in capsys.readouterr().err
 
 
 def test_mixed_posteriors_fill_the_fixed_site_and_weigh_by_model():
@@ -149,13 +171,17 @@ def test_mixed_posteriors_fill_the_fixed_site_and_weigh_by_model():
     from bayesprompt.inference.posterior import Posterior
 
     plain = Posterior({"z": torch.randn(3, 2)}, torch.tensor([0.0, 1.0, 2.0]))
-    tempered = Posterior({"z": torch.randn(2, 2), "temperature": torch.tensor([[2.0], [3.0]])}, torch.zeros(2))
+    tempered = Posterior({"z": torch.randn(2, 2, dtype=torch.float64),
+                          "temperature": torch.tensor([[2.123456789], [3.0]], dtype=torch.float64)}, torch.zeros(2))
     mixed = mix_posteriors([plain, tempered], [0.4, 0.6], fixed={"temperature": 1.0})
     assert mixed.samples["temperature"].shape == (5, 1) and mixed.samples["temperature"][:3].eq(1.0).all()
     torch.testing.assert_close(mixed.weights[:3], 0.4 * plain.weights)
     torch.testing.assert_close(mixed.weights[3:], torch.full((2,), 0.3, dtype=torch.float64))
-    torch.testing.assert_close(mixed.samples["z"], torch.cat([plain.samples["z"], tempered.samples["z"]]))
-    assert mix_posteriors([plain, tempered], [1.0, 0.0], fixed={"temperature": 1.0}).weights[3:].eq(0).all()
+    torch.testing.assert_close(mixed.samples["z"], torch.cat([plain.samples["z"].double(), tempered.samples["z"]]))
+    assert mixed.samples["temperature"][3, 0].item() == 2.123456789  # float64 kept
+    only_plain = mix_posteriors([plain, tempered], [1.0, 0.0], fixed={"temperature": 1.0})
+    assert only_plain.num_samples == 3  # a model with probability 0 contributes no samples
+    torch.testing.assert_close(only_plain.weights, plain.weights)
     with pytest.raises(ValueError, match=r"posterior 1 has sites \{'temperature': \[1\], 'z': \[2\]\}, posterior 0 "
                                          r"\{'z': \[2\]\}; pass the sites one model fixes"):
         mix_posteriors([plain, tempered], [0.5, 0.5])

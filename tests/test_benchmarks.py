@@ -420,7 +420,7 @@ def test_every_registered_method_runs_on_fake_box(tmp_path, data_dir):
     config = fake_config(data_dir, methods=methods, budgets=(96,), num_particles=8, method_options=(
         ("bbt", {"popsize": 8}), ("ensembles", {"num_members": 2, "popsize": 8}),
         ("cma-elbo", {"popsize": 6, "num_mc_samples": 2}), ("whitebox", {"max_steps": 5}),
-        ("abc-mcmc", {"vote_smoothing": "dev"}),
+        ("abc-mcmc", {"vote_smoothing": "dev"}), ("smc-average", {"temperature_prior_scale": 1.0}),
     ))
     result = run_suite(config, tmp_path, log=None)
     bad = {r["method"]: r.get("error") for r in result.records if r["status"] == "error"}
@@ -481,7 +481,8 @@ def test_smc_temp_predicts_with_each_sample_s_own_temperature(data_dir):
         make_potential(ctx, likelihood_free=True)
 
 
-def test_smc_average_mixes_both_models_by_their_evidence(data_dir):
+def test_smc_average_mixes_both_models_by_their_evidence(data_dir, monkeypatch):
+    import benchmarks.methods as methods_module
     from benchmarks.methods import MethodContext
     from benchmarks.run import Resources
     from bayesprompt.data import get_task
@@ -512,11 +513,17 @@ def test_smc_average_mixes_both_models_by_their_evidence(data_dir):
     assert summary["tempered_temperature_mean"] == pytest.approx(tempered.summary["temperature_mean"])
     assert calls == plain.summary["evaluations"] + tempered.summary["evaluations"]
 
-    samples, weights = outcome.fitted.samples, outcome.fitted.weights
-    temperature = samples["temperature"].reshape(-1)
+    assert float(outcome.fitted.weights[8:].sum()) == pytest.approx(p_tempered, rel=1e-6)
+
+    # The fake box's evidence all but rules out the plain model (log odds ~19). To see that its
+    # particles, given temperature 1, predict as the plain model does, fix the weights at 0.3 / 0.7.
+    monkeypatch.setattr(methods_module, "_evidence_probabilities", lambda log_z: [0.3, 0.7])
+    ctx = context(options)
+    outcome = registry["smc-average"].fit(ctx)
+    temperature = outcome.fitted.samples["temperature"].reshape(-1)
     assert outcome.fitted.num_samples == 16 and bool((temperature[:8] == 1.0).all())
-    assert float(weights[8:].sum()) == pytest.approx(p_tempered, rel=1e-6)
-    expected = (1 - p_tempered) * plain.predictor(ctx.dev).mean() + p_tempered * tempered.predictor(ctx.dev).mean()
+    assert float(outcome.fitted.weights[8:].sum()) == pytest.approx(0.7, rel=1e-6)
+    expected = 0.3 * plain.predictor(ctx.dev).mean() + 0.7 * tempered.predictor(ctx.dev).mean()
     torch.testing.assert_close(outcome.predictor(ctx.dev).mean().float(), expected.float(), rtol=1e-4, atol=1e-5)
 
 
@@ -620,6 +627,27 @@ def test_point_vs_posterior_command_on_minilm(tmp_path, data_dir, capsys):
     assert "| SMC particles" in printed and "| 0.5 x BBT z |" in printed
     saved = json.loads(out.read_text())
     assert saved["task"] == "sst2" and len(saved["rows"]) == 9
+
+
+def test_smc_average_requires_its_temperature_option_and_a_reload_checks_the_sites(tmp_path, data_dir):
+    from benchmarks.checkpoint import load_fit, save_fit
+    from benchmarks.methods import MethodContext
+    from benchmarks.run import Resources
+    from bayesprompt.data import get_task
+    from bayesprompt.lm import Meter
+
+    config = fake_config(data_dir)
+    resources, task = Resources(config), get_task("sst2")
+    backend = resources.backend(task, Meter(2000))
+    train, dev = resources.few_shot(task, 0)
+    ctx = MethodContext(task, backend, resources.projection(task, backend), backend.encode(train), backend.encode(dev),
+                        2000, 0, num_particles=8, options={})
+    with pytest.raises(ValueError, match="smc-average needs the option temperature_prior_scale"):
+        default_registry()["smc-average"].fit(ctx)
+    tempered = default_registry()["smc-temp"].fit(dataclasses.replace(ctx, options={"temperature_prior_scale": 1.0}))
+    save_fit(tempered, tmp_path / "fit", {})
+    with pytest.raises(ValueError, match=r"has sites \['temperature'\] that the method's model .* lacks"):
+        load_fit(ctx, tmp_path / "fit")
 
 
 @pytest.mark.parametrize("log_z, expected", [

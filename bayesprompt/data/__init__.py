@@ -19,7 +19,7 @@ Typical use (``data_dir`` may be omitted when ``$BAYESPROMPT_DATA`` is set)::
     (32, 32)
 """
 
-from bayesprompt.data.fewshot import balanced_subsample, few_shot_split
+from bayesprompt.data.fewshot import balanced_subsample, examples_fingerprint, few_shot_split
 from bayesprompt.data.loaders import DataError, load_hub, load_jsonl, load_split, resolve_data_dir
 from bayesprompt.data.registry import TASKS, get_task
 from bayesprompt.data.task import UNLABELLED, Example, HubSource, Task
@@ -38,4 +38,5 @@ __all__ = [
     "resolve_data_dir",
     "few_shot_split",
     "balanced_subsample",
+    "examples_fingerprint",
 ]

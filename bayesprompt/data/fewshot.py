@@ -19,6 +19,8 @@ True
 
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
 from collections.abc import Sequence
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from bayesprompt.data.task import Example
 
-__all__ = ["few_shot_split", "balanced_subsample"]
+__all__ = ["few_shot_split", "balanced_subsample", "examples_fingerprint"]
 
 
 def _as_count(value: int, name: str, minimum: int) -> int:
@@ -194,3 +196,20 @@ def balanced_subsample(
     rng = np.random.default_rng(seed)
     chosen = np.concatenate([rng.permutation(idx)[:q] for idx, q in zip(by_class, quotas)])
     return [examples[int(i)] for i in np.sort(chosen)]
+
+
+def examples_fingerprint(examples: Sequence[Example]) -> str:
+    """SHA-256 of the examples' texts, text pairs and labels, in order (hex digest).
+
+    Two runs conditioned on the same examples share it, whichever data directory or seed
+    produced them; runs weighed by their evidence must (see
+    :func:`bayesprompt.pipeline.compare_runs`).
+
+    >>> a = examples_fingerprint([Example("good", 1), Example("bad", 0)])
+    >>> a == examples_fingerprint([Example("good", 1), Example("bad", 0)]), len(a)
+    (True, 64)
+    >>> a == examples_fingerprint([Example("good", 1), Example("bad", 1)])
+    False
+    """
+    rows = [[example.text, example.text_pair, example.label] for example in examples]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()

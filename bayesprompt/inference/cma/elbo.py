@@ -71,7 +71,7 @@ class CMAELBOState:
     iteration : int
         Completed iterations.
     best_params : Tensor ``[2D]``
-        The selected ``theta``: the CMA mean (pycma's ``xfavorite``), or with a dev split
+        The selected ``theta``: the CMA mean (pycma's ``result.xfavorite``), or with a dev split
         the CMA mean with the best dev score.
     best_score : float
         Its selection score (higher is better): minus the last population's mean fitness,
