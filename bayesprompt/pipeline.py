@@ -761,7 +761,7 @@ def compare_runs(
             "engine": run.config.engine,
             "log_evidence": run.log_evidence,
             "probability": float(probability),
-            "test": _prediction_metrics(task, run.predictions.test, {}, smoothing=0.0)["test"],
+            "test": classification_report(run.predictions.test.mean(), run.predictions.test.labels, task.metric),
         }
         for run, probability in zip(runs, probabilities)
     ]

@@ -556,13 +556,11 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
     """
     from bayesprompt.averaging import mix_posteriors
 
-    scale = ctx.options.get("temperature_prior_scale")
-    if scale is None:  # a resumed evaluation rebuilds the model from the options: they must name the scale
+    if ctx.options.get("temperature_prior_scale") is None:  # a resumed evaluation rebuilds the model from the options: they must name the scale
         raise ValueError("smc-average needs the option temperature_prior_scale (set in the default method_options)")
     plain_ctx = dataclasses.replace(ctx, options={k: v for k, v in ctx.options.items() if k not in MODEL_OPTIONS})
-    tempered_ctx = dataclasses.replace(ctx, options={**ctx.options, "temperature_prior_scale": scale})
     fitted = []
-    for model_ctx in (plain_ctx, tempered_ctx):
+    for model_ctx in (plain_ctx, ctx):  # ctx's options carry the temperature
         potential = make_potential(model_ctx, likelihood_free=False)
         posterior = run(_smc_engine(model_ctx, potential), potential, seed=ctx.seed, meter=ctx.meter,
                         progress=ctx.progress)
