@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -721,6 +722,13 @@ def compare_runs(
     prior_probabilities : sequence of float or None
         Positive prior weights of the models, normalised (default: uniform).
 
+    Warns
+    -----
+    UserWarning
+        When two runs fit the same prompt model and differ only in how they sampled it
+        (engine seed, budget, particles, engine options): their weights then measure Monte
+        Carlo error, not a model choice.
+
     Returns
     -------
     dict
@@ -744,6 +752,7 @@ def compare_runs(
     runs = [_ComparedRun.open(directory) for directory in directories]
     for run in runs[1:]:
         run.check_same_data(runs[0])
+    _warn_about_replicates(runs)
     from bayesprompt.averaging import mix_ensembles, posterior_model_probabilities
 
     probabilities = posterior_model_probabilities([run.log_evidence for run in runs], prior_probabilities)
@@ -766,6 +775,34 @@ def compare_runs(
         for run, probability in zip(runs, probabilities)
     ]
     return {"runs": rows, "average": average}
+
+
+#: Settings that change how a run samples its posterior but not the prompt model (prior,
+#: likelihood, data) whose evidence it estimates. Under ``prior_centre="dev"`` the seed and
+#: budget also set the prior's centre, so they count as part of the model there.
+_INFERENCE_ONLY_FIELDS = ("engine", "budget", "out", "data_dir", "seed", "num_particles", "test_size",
+                         "vote_smoothing", "engine_options")
+
+
+def _warn_about_replicates(runs: Sequence["_ComparedRun"]) -> None:
+    """Warn when two compared runs fit the same model, so that their weights are not a model choice."""
+    for index, run in enumerate(runs):
+        for other in runs[:index]:
+            ignored = set(_INFERENCE_ONLY_FIELDS)
+            if run.config.prior_centre == "dev":
+                ignored -= {"seed", "budget"}
+            if any(getattr(run.config, f.name) != getattr(other.config, f.name)
+                   for f in dataclasses.fields(FitConfig) if f.name not in ignored):
+                continue
+            differing = [name for name in _INFERENCE_ONLY_FIELDS
+                         if name != "out" and getattr(run.config, name) != getattr(other.config, name)]
+            warnings.warn(
+                f"{run.directory.path} and {other.directory.path} fit the same prompt model (they differ only in "
+                f"{', '.join(differing) or 'their output folder'}); their probabilities reflect the Monte Carlo "
+                "error of the evidence estimates, not a choice between models, and their average pools replicates",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -116,6 +117,24 @@ def test_compare_weighs_runs_by_their_evidence_and_scores_the_average(two_runs):
     assert set(comparison["average"]["ood"]) == {"imdb"} and comparison["average"]["ood"]["imdb"]["num_ood"] == 4
     prior = pipeline.compare_runs(two_runs, prior_probabilities=[0.9, 0.1])["runs"]
     assert prior[0]["probability"] > first  # the prior moves the weights
+
+
+def test_compare_warns_when_runs_differ_only_in_how_they_sampled(tmp_path, fake_backend, two_runs):
+    replicate = tmp_path / "replicate"
+    pipeline.fit(pipeline.FitConfig(out=str(replicate), seed=1, num_particles=6, **{k: v for k, v in BASE.items()
+                                                                                 if k != "num_particles"}),
+                 progress=False)
+    with pytest.warns(UserWarning, match=f"{replicate} and {two_runs[0]} fit the same prompt model "
+                                         r"\(they differ only in seed, num_particles\)"):
+        comparison = pipeline.compare_runs([*two_runs, replicate])
+    assert len(comparison["runs"]) == 3
+    devprior = dict(BASE, prior_centre="dev", budget=400)
+    centred = [tmp_path / "centred0", tmp_path / "centred1"]
+    for seed, out in enumerate(centred):  # the seed moves the dev-tuned centre, hence the prior: two models
+        pipeline.fit(pipeline.FitConfig(out=str(out), seed=seed, **devprior), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.compare_runs(centred)
 
 
 def test_compare_refuses_runs_of_other_data_or_without_evidence(tmp_path, fake_backend, two_runs):
