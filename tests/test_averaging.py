@@ -121,9 +121,7 @@ def test_compare_weighs_runs_by_their_evidence_and_scores_the_average(two_runs):
 
 def test_compare_warns_when_runs_differ_only_in_how_they_sampled(tmp_path, fake_backend, two_runs):
     replicate = tmp_path / "replicate"
-    pipeline.fit(pipeline.FitConfig(out=str(replicate), seed=1, num_particles=6, **{k: v for k, v in BASE.items()
-                                                                                 if k != "num_particles"}),
-                 progress=False)
+    pipeline.fit(pipeline.FitConfig(out=str(replicate), seed=1, **dict(BASE, num_particles=6)), progress=False)
     with pytest.warns(UserWarning, match=f"{replicate} and {two_runs[0]} fit the same prompt model "
                                          r"\(they differ only in seed, num_particles\)"):
         comparison = pipeline.compare_runs([*two_runs, replicate])
