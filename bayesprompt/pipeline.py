@@ -787,19 +787,18 @@ _INFERENCE_ONLY_FIELDS = ("engine", "budget", "out", "data_dir", "seed", "num_pa
 def _warn_about_replicates(runs: Sequence["_ComparedRun"]) -> None:
     """Warn when two compared runs fit the same model, so that their weights are not a model choice."""
     for index, run in enumerate(runs):
+        mine = asdict(run.config)
+        ignored = set(_INFERENCE_ONLY_FIELDS) - ({"seed", "budget"} if run.config.prior_centre == "dev" else set())
         for other in runs[:index]:
-            ignored = set(_INFERENCE_ONLY_FIELDS)
-            if run.config.prior_centre == "dev":
-                ignored -= {"seed", "budget"}
-            if any(getattr(run.config, f.name) != getattr(other.config, f.name)
-                   for f in dataclasses.fields(FitConfig) if f.name not in ignored):
+            theirs = asdict(other.config)
+            differing = [name for name in mine if mine[name] != theirs[name]]
+            if not set(differing) <= ignored:
                 continue
-            differing = [name for name in _INFERENCE_ONLY_FIELDS
-                         if name != "out" and getattr(run.config, name) != getattr(other.config, name)]
+            shown = ", ".join(name for name in differing if name != "out") or "their output folder"
             warnings.warn(
                 f"{run.directory.path} and {other.directory.path} fit the same prompt model (they differ only in "
-                f"{', '.join(differing) or 'their output folder'}); their probabilities reflect the Monte Carlo "
-                "error of the evidence estimates, not a choice between models, and their average pools replicates",
+                f"{shown}); their probabilities reflect the Monte Carlo error of the evidence estimates, not a "
+                "choice between models, and their average pools replicates",
                 UserWarning,
                 stacklevel=3,
             )
