@@ -31,7 +31,7 @@ import torch
 
 from bayesprompt.data import balanced_subsample, examples_fingerprint, few_shot_split, get_task, load_jsonl, load_split
 from bayesprompt.data.task import UNLABELLED, Example, Task
-from bayesprompt.inference.base import Engine, init_state, run
+from bayesprompt.inference.base import Engine
 from bayesprompt.inference.empirical_bayes import DevCentre, fit_dev_centre
 from bayesprompt.inference.posterior import Posterior
 from bayesprompt.lm import LabelOnly, Meter, load_backend
@@ -48,6 +48,7 @@ from bayesprompt.runs import (
     RunPredictions,
     StateCodec,
     config_digest,
+    run_with_checkpoints,
 )
 
 __all__ = [
@@ -967,36 +968,6 @@ def _centred(setup: _Setup, centre: DevCentre) -> _Setup:
 
 
 # ---------------------------------------------------------------------------- internals: inference
-class _Checkpointer:
-    """``run(callback=...)``: writes a checkpoint after every completed engine step."""
-
-    def __init__(
-        self, run_dir: RunDirectory, codec: StateCodec, engine: str, meter: Meter, start: Checkpoint, started: float
-    ) -> None:
-        self.run_dir, self.codec, self.engine, self.meter = run_dir, codec, engine, meter
-        self.iteration = start.iteration
-        self.diagnostics = list(start.diagnostics)
-        self.elapsed, self.digest, self.started = start.elapsed_seconds, start.config_sha256, started
-
-    def __call__(self, state: Any, info: dict[str, Any]) -> None:
-        self.iteration += 1
-        self.diagnostics.append(dict(info))
-        self.write(state)
-
-    def write(self, state: Any) -> None:
-        """Checkpoint ``state`` with the diagnostics and the meter reading so far."""
-        checkpoint = Checkpoint(
-            state=state,
-            engine=self.engine,
-            iteration=self.iteration,
-            diagnostics=self.diagnostics,
-            meter=self.meter.snapshot().to_dict(),
-            elapsed_seconds=self.elapsed + time.perf_counter() - self.started,
-            config_sha256=self.digest,
-        )
-        self.run_dir.write_checkpoint(checkpoint, self.codec)
-
-
 def _infer(
     setup: _Setup,
     engine: Engine,
@@ -1013,23 +984,9 @@ def _infer(
         setup.potential.discover_sites()  # free; prediction needs the sites
         posterior = engine.run(setup.potential, seed=setup.config.seed, meter=setup.meter, progress=progress)
         return posterior, time.perf_counter() - started
-    if checkpoint is None:
-        state = init_state(engine, setup.potential, setup.config.seed)
-        start = Checkpoint(None, engine.name, 0, [], {}, 0.0, config_digest(_config_dict(setup.config)))
-    else:
-        setup.meter.restore(checkpoint.meter)
-        setup.potential.discover_sites()  # free: the model stops at its first query
-        state, start = checkpoint.state, checkpoint
-    callback = None
-    if run_dir is not None:
-        callback = _Checkpointer(run_dir, codec if codec is not None else StateCodec(), engine.name, setup.meter, start, started)
-        if checkpoint is None:
-            callback.write(state)
-    posterior = run(
-        engine, setup.potential, seed=setup.config.seed, meter=setup.meter, progress=progress, callback=callback, state=state
-    )
-    posterior.diagnostics = [*start.diagnostics, *posterior.diagnostics]
-    return posterior, start.elapsed_seconds + time.perf_counter() - started
+    digest = config_digest(_config_dict(setup.config))
+    return run_with_checkpoints(engine, setup.potential, run_dir, seed=setup.config.seed, meter=setup.meter,
+                                config_sha256=digest, start=checkpoint, codec=codec, progress=progress)
 
 
 def _complete(

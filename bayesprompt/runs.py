@@ -61,6 +61,7 @@ import math
 import os
 import pickle
 import secrets
+import time
 import zipfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -71,8 +72,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bayesprompt.inference.base import Engine, init_state, run
 from bayesprompt.inference.empirical_bayes import DevCentre
 from bayesprompt.inference.posterior import Posterior
+from bayesprompt.lm.meter import Meter
+from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.predict import EnsemblePredictions
 
@@ -90,6 +94,7 @@ __all__ = [
     "atomic_write_text",
     "config_digest",
     "jsonable",
+    "run_with_checkpoints",
 ]
 
 #: Version of the run-directory layout and of the files written here (config, checkpoint,
@@ -536,6 +541,109 @@ class Checkpoint:
     meter: dict[str, Any] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
     config_sha256: str = ""
+
+
+class _Checkpointer:
+    """``run(callback=...)``: writes a checkpoint after every completed engine step."""
+
+    def __init__(self, run_dir: "RunDirectory", codec: StateCodec, meter: Meter, start: Checkpoint, started: float) -> None:
+        self.run_dir, self.codec, self.meter, self.start, self.started = run_dir, codec, meter, start, started
+        self.iteration = start.iteration
+        self.diagnostics = list(start.diagnostics)
+
+    def __call__(self, state: Any, info: dict[str, Any]) -> None:
+        self.iteration += 1
+        self.diagnostics.append(dict(info))
+        self.write(state)
+
+    def write(self, state: Any) -> None:
+        """Checkpoint ``state`` with the diagnostics and the meter reading so far."""
+        checkpoint = dataclasses.replace(
+            self.start,
+            state=state,
+            iteration=self.iteration,
+            diagnostics=self.diagnostics,
+            meter=self.meter.snapshot().to_dict(),
+            elapsed_seconds=self.start.elapsed_seconds + time.perf_counter() - self.started,
+        )
+        self.run_dir.write_checkpoint(checkpoint, self.codec)
+
+
+def run_with_checkpoints(
+    engine: Engine,
+    potential: Potential,
+    run_dir: "RunDirectory | None",
+    *,
+    seed: int,
+    meter: Meter,
+    config_sha256: str,
+    start: Checkpoint | None = None,
+    codec: StateCodec | None = None,
+    progress: bool = True,
+) -> tuple[Posterior, float]:
+    """:func:`~bayesprompt.inference.run`, checkpointing into ``run_dir`` after ``init`` and every step.
+
+    Parameters
+    ----------
+    engine, potential, seed, meter, progress
+        As for :func:`~bayesprompt.inference.run`.
+    run_dir : RunDirectory or None
+        Where ``checkpoint.npz`` and ``diagnostics.jsonl`` go (``None``: no checkpoints).
+    config_sha256 : str
+        What the checkpoints belong to (:func:`config_digest` of the run's config).
+    start : Checkpoint or None
+        Continue from this checkpoint: the meter is restored from it and the engine
+        continues from its state, so the posterior equals an uninterrupted run's.
+    codec : StateCodec or None
+        Serialiser of the states (default :class:`StateCodec`).
+
+    Returns
+    -------
+    posterior : Posterior
+        With the diagnostics of every step, those before ``start`` included.
+    seconds : float
+        Inference wall time, that before ``start`` included.
+
+    Raises
+    ------
+    RunDirectoryError
+        If ``start`` belongs to another engine or config.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from bayesprompt.inference.smc import TemperedSMC
+    >>> from bayesprompt.testing import LinearGaussian
+    >>> problem = LinearGaussian.random(dim=2, num_obs=5, seed=0)
+    >>> potential = Potential(problem.model, meter=problem.meter)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     run_dir = RunDirectory(tmp)
+    ...     posterior, _ = run_with_checkpoints(TemperedSMC(num_particles=64), potential, run_dir, seed=0,
+    ...                                         meter=problem.meter, config_sha256="demo", progress=False)
+    ...     run_dir.read_checkpoint(StateCodec()).iteration == len(posterior.diagnostics) > 0
+    True
+    """
+    started = time.perf_counter()
+    fresh = start is None
+    if start is None:
+        state = init_state(engine, potential, seed)
+        start = Checkpoint(None, engine.name, 0, [], {}, 0.0, config_sha256)
+    else:
+        if (start.engine, start.config_sha256) != (engine.name, config_sha256):
+            raise RunDirectoryError(
+                f"checkpoint of engine {start.engine!r} (config {start.config_sha256[:12]}) cannot continue "
+                f"engine {engine.name!r} (config {config_sha256[:12]})"
+            )
+        meter.restore(start.meter)
+        state = start.state
+    callback = None
+    if run_dir is not None:
+        callback = _Checkpointer(run_dir, codec if codec is not None else StateCodec(), meter, start, started)
+        if fresh:
+            callback.write(state)
+    posterior = run(engine, potential, seed=seed, meter=meter, progress=progress, callback=callback, state=state)
+    posterior.diagnostics = [*start.diagnostics, *posterior.diagnostics]
+    return posterior, start.elapsed_seconds + time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------------- predictions

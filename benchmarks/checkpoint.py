@@ -16,6 +16,12 @@ and ``outcome.json``, written last, with the rest of the :class:`MethodOutcome` 
 fit's API usage and time. A folder without ``outcome.json`` is an unfinished write and
 is ignored.
 
+The fit itself is checkpointed too: a single-engine method writes its engine state to
+``steps/`` after every engine step (:func:`benchmarks.methods.run_engine`), and a cell
+killed during its fit continues from the last step on the next run. The other methods
+(``smc-average`` and ``smc-devprior``, which chain two fits, and Pyro's random walk, whose
+loop Pyro owns) start their fit again.
+
 Examples
 --------
 >>> import tempfile
@@ -41,10 +47,14 @@ from benchmarks.methods import MethodContext, MethodOutcome, make_potential, pos
 from bayesprompt.inference.posterior import Posterior
 from bayesprompt.runs import atomic_write_bytes, atomic_write_text
 
-__all__ = ["load_fit", "save_fit"]
+__all__ = ["STEP_CHECKPOINTS", "load_fit", "save_fit"]
 
 #: Bumped when the checkpoint layout changes; other versions are refitted, not read.
 CHECKPOINT_VERSION = 1
+
+#: Subfolder of a cell's checkpoint folder with the engine's step checkpoints (a
+#: :class:`~bayesprompt.runs.RunDirectory`'s ``checkpoint.npz`` and ``diagnostics.jsonl``).
+STEP_CHECKPOINTS = "steps"
 
 _OUTCOME = "outcome.json"
 _PROMPTS = "prompts.npy"

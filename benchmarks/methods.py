@@ -37,6 +37,7 @@ import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,6 +51,7 @@ from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel, lognormal_temperature_prior
 from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
+from bayesprompt.runs import RunDirectory, StateCodec, config_digest, run_with_checkpoints
 
 __all__ = [
     "BudgetPolicy",
@@ -61,6 +63,7 @@ __all__ = [
     "default_registry",
     "dev_accuracy_score",
     "effective_budget",
+    "run_engine",
 ]
 
 #: ``"common"``: the cell's budget; ``"none"``: not budgeted (zero-shot, white-box);
@@ -104,6 +107,10 @@ class MethodContext:
         the white-box method.
     progress : bool
         Show engine progress bars.
+    run_directory : Path or None
+        Where a single-engine method (:func:`fit_engine`) checkpoints its engine state after
+        every step, and continues from when a checkpoint is already there
+        (:func:`run_engine`); ``None``: no step checkpoints.
     """
 
     task: Task
@@ -119,6 +126,7 @@ class MethodContext:
     vote_smoothing: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
+    run_directory: Path | None = None
 
     @property
     def meter(self) -> Meter:
@@ -154,6 +162,9 @@ class MethodOutcome:
         What ``predictor`` predicts with: the (thinned) prediction posterior of an engine
         method, or fixed prompts ``[S, n, d]``. :mod:`benchmarks.checkpoint` saves it so
         that a cell killed during evaluation need not be fitted again.
+    resumed_from : dict or None
+        ``{"calls", "iteration", "fit_seconds"}`` of the step checkpoint the fit continued
+        from (:func:`run_engine`); ``None`` for a fit run from its start.
     """
 
     predictor: Predictor
@@ -165,6 +176,7 @@ class MethodOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
     vote_smoothing: float | None = None
     fitted: Posterior | torch.Tensor | None = None
+    resumed_from: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -357,10 +369,38 @@ def fit_engine(
     engine = make_engine(ctx, potential)
     ctx.meter.budget = None if ctx.meter.budget is None else ctx.meter.budget - reserve
     try:
-        posterior = run(engine, potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
+        posterior, resumed_from = run_engine(ctx, engine, potential)
     finally:
         ctx.meter.budget = None if ctx.meter.budget is None else ctx.meter.budget + reserve
-    return posterior_outcome(ctx, posterior, potential, likelihood_free, fit_smoothing=smoothing == "dev")
+    outcome = posterior_outcome(ctx, posterior, potential, likelihood_free, fit_smoothing=smoothing == "dev")
+    outcome.resumed_from = resumed_from
+    return outcome
+
+
+def run_engine(ctx: MethodContext, engine: Engine, potential: Potential) -> tuple[Posterior, dict[str, Any] | None]:
+    """Run ``engine`` under the cell's meter, with step checkpoints in ``ctx.run_directory`` if set.
+
+    A checkpoint already in that folder (a fit killed mid-way) is continued from: the meter
+    is restored and the engine goes on from the saved state, so the posterior is the one
+    an uninterrupted fit gives (:func:`bayesprompt.runs.run_with_checkpoints`).
+
+    Returns
+    -------
+    posterior : Posterior
+        The engine's posterior.
+    resumed_from : dict or None
+        See :attr:`MethodOutcome.resumed_from`.
+    """
+    if ctx.run_directory is None:
+        return run(engine, potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress), None
+    run_dir, codec = RunDirectory(ctx.run_directory), StateCodec()
+    start = run_dir.read_checkpoint(codec) if run_dir.has_checkpoint() else None
+    identity = config_digest({"engine": engine.name, "seed": ctx.seed, "budget": ctx.meter.budget})
+    posterior, _ = run_with_checkpoints(engine, potential, run_dir, seed=ctx.seed, meter=ctx.meter,
+                                        config_sha256=identity, start=start, codec=codec, progress=ctx.progress)
+    if start is None:
+        return posterior, None
+    return posterior, {"calls": int(start.meter["calls"]), "iteration": start.iteration, "fit_seconds": start.elapsed_seconds}
 
 
 def _temperature_summary(posterior: Posterior) -> dict[str, float]:

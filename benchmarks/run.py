@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.checkpoint import load_fit, save_fit
+from benchmarks.checkpoint import STEP_CHECKPOINTS, load_fit, save_fit
 from benchmarks.methods import MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget
 from bayesprompt.data import TASKS, balanced_subsample, few_shot_split, get_task, load_split
 from bayesprompt.data.task import Example, Task
@@ -423,20 +423,23 @@ def run_cell(
         vote_smoothing=config.vote_smoothing,
         options=config.options_for(cell.method),
         progress=progress,
+        run_directory=None if checkpoint is None else Path(checkpoint) / STEP_CHECKPOINTS,
     )
     restored = load_fit(ctx, checkpoint) if checkpoint is not None else None
     if restored is not None:
         outcome, fit_info = restored
-        inference_calls, fit_seconds = fit_info["api_usage"], fit_info["fit_seconds"]
+        inference_calls, fit_seconds, resumed_from = fit_info["api_usage"], fit_info["fit_seconds"], fit_info.get("resumed_from")
     else:
         with torch.random.fork_rng(devices=[]):  # engines use their own generators; this pins anything else
             torch.manual_seed(cell.seed)
             fit_started = time.perf_counter()
             outcome = spec.fit(ctx)
             fit_seconds = time.perf_counter() - fit_started
+        resumed_from = outcome.resumed_from
+        fit_seconds += 0.0 if resumed_from is None else resumed_from["fit_seconds"]
         inference_calls = meter.snapshot().to_dict()
         if checkpoint is not None and outcome.fitted is not None:
-            save_fit(outcome, checkpoint, {"api_usage": inference_calls, "fit_seconds": fit_seconds})
+            save_fit(outcome, checkpoint, {"api_usage": inference_calls, "fit_seconds": fit_seconds, "resumed_from": resumed_from})
     meter.budget = None  # evaluation is metered, not budgeted
     calls_before_evaluation = meter.calls
     eval_started = time.perf_counter()
@@ -462,6 +465,7 @@ def run_cell(
         "vote_smoothing": vote_smoothing(config, outcome) if outcome.likelihood_free else None,
         "summary": outcome.summary,
         **({"resumed_fit": True} if restored is not None else {}),
+        **({"resumed_fit_at_calls": resumed_from["calls"]} if resumed_from is not None else {}),
     }
 
 

@@ -155,6 +155,34 @@ def test_a_cell_killed_during_evaluation_resumes_from_its_fit(tmp_path, data_dir
     assert min(r["api_calls"] for r in resumed.records if r["method"] in ("smc", "abc-mcmc")) > 0
 
 
+def test_a_cell_killed_during_its_fit_continues_from_its_last_engine_step(tmp_path, data_dir, monkeypatch):
+    from bayesprompt.runs import RunDirectory
+
+    methods = ("bbt", "ensembles", "smc-temp", "abc-mcmc", "eks", "ensemble-mcmc", "cma-elbo")  # CMA states (pycma
+    # pickles), particles with a latent temperature, votes with dev smoothing (calls kept back), Kalman and MCMC
+    config = fake_config(data_dir, methods=methods, budgets=(400,))
+    real_write = RunDirectory.write_checkpoint
+
+    def dies_at_step_three(self, checkpoint, codec):
+        if checkpoint.iteration == 3:
+            raise RuntimeError("killed during the fit")
+        return real_write(self, checkpoint, codec)
+
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", dies_at_step_three)
+    killed = run_suite(config, tmp_path / "suite", log=None)
+    assert killed.errors == len(methods) and all("killed during the fit" in r["error"] for r in killed.records)
+    assert len(list((tmp_path / "suite" / "cells").glob("*.fit/steps/checkpoint.npz"))) == len(methods)
+
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", real_write)
+    resumed = run_suite(config, tmp_path / "suite", log=None)
+    assert resumed.ran == len(methods) and not list((tmp_path / "suite" / "cells").glob("*.fit"))
+    fresh = run_suite(config, tmp_path / "fresh", log=None)
+    for before, after in zip(fresh.records, resumed.records, strict=True):
+        assert "resumed_fit_at_calls" not in before and 0 < after["resumed_fit_at_calls"] < after["api_calls"]
+        assert after["api_usage"] == before["api_usage"]
+        assert _comparable(after) == {**_comparable(before), "resumed_fit_at_calls": after["resumed_fit_at_calls"]}
+
+
 def test_a_corrupt_fit_checkpoint_is_reported_by_file(tmp_path, data_dir):
     config = fake_config(data_dir, methods=("smc",))
     cell = main_cells(config, default_registry())[0]

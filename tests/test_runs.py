@@ -42,6 +42,7 @@ from bayesprompt.runs import (
     StateSerializationError,
     atomic_write_bytes,
     config_digest,
+    run_with_checkpoints,
 )
 from bayesprompt.testing import FakeBlackBox, LinearGaussian
 
@@ -443,3 +444,18 @@ def test_random_walk_runs_through_the_pipeline_but_does_not_checkpoint(tmp_path,
     assert result.posterior.engine == "rw-mcmc" and result.posterior.num_samples > 0
     assert result.metrics["inference_api_calls"]["calls"] <= 60
     assert not (tmp_path / "rw" / "checkpoint.npz").exists()
+
+
+def test_a_checkpoint_does_not_continue_another_engine_or_config(tmp_path):
+    problem = LinearGaussian.random(dim=2, num_obs=5, seed=0)
+    potential = Potential(problem.model, meter=problem.meter)
+    run_dir = RunDirectory(tmp_path)
+    run_with_checkpoints(TemperedSMC(num_particles=16), potential, run_dir, seed=0, meter=problem.meter,
+                         config_sha256="abc", progress=False)
+    start = run_dir.read_checkpoint(StateCodec())
+    with pytest.raises(RunDirectoryError, match="engine 'smc'.*cannot continue engine 'smc' \\(config other"):
+        run_with_checkpoints(TemperedSMC(num_particles=16), potential, None, seed=0, meter=Meter(),
+                             config_sha256="other", start=start, progress=False)
+    with pytest.raises(RunDirectoryError, match="cannot continue engine 'cmaes'"):
+        run_with_checkpoints(CMAES(), potential, None, seed=0, meter=Meter(), config_sha256="abc", start=start,
+                             progress=False)
