@@ -50,6 +50,7 @@ from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel, lognormal_temperature_prior
+from bayesprompt.pipeline import dev_accuracy_score  # BBT's dev selection: accuracy, ties broken by likelihood
 from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
 from bayesprompt.runs import RunDirectory, StateCodec, config_digest, run_with_checkpoints
 
@@ -61,7 +62,6 @@ __all__ = [
     "Predictor",
     "availability",
     "default_registry",
-    "dev_accuracy_score",
     "effective_budget",
     "run_engine",
 ]
@@ -254,22 +254,6 @@ def availability(spec: MethodSpec) -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------------- shared pieces
-
-
-def dev_accuracy_score(potential: Potential, dev_batch: EncodedBatch) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``u -> dev accuracy + 1e-6 * dev log-likelihood`` (BBT's dev selection, ties by likelihood).
-
-    Same definition as :func:`bayesprompt.pipeline.dev_accuracy_score`; each evaluation
-    costs one API call per prompt on the dev batch, charged to the cell's budget.
-    """
-
-    def score(u: torch.Tensor) -> torch.Tensor:
-        probs = potential.with_args(dev_batch).trace(u).nodes["y"]["fn"].probs.reshape(u.shape[0], len(dev_batch), -1)
-        correct = (probs.argmax(-1) == dev_batch.labels).double().mean(-1)
-        log_lik = probs.gather(-1, dev_batch.labels.expand(u.shape[0], -1).unsqueeze(-1)).log().sum((-1, -2))
-        return correct + 1e-6 * log_lik.double()
-
-    return score
 
 
 #: Method options that shape the model rather than the engine (see :func:`make_potential`).

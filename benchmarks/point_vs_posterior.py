@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.methods import dev_accuracy_score, prompt_predictor
+from benchmarks.methods import prompt_predictor
 from benchmarks.run import BenchmarkConfig, Resources, preset
 from bayesprompt.data import get_task
 from bayesprompt.inference import run
@@ -48,6 +48,7 @@ from bayesprompt.inference.smc import TemperedSMC
 from bayesprompt.lm import Meter
 from bayesprompt.metrics import classification_report
 from bayesprompt.models import Potential, PromptModel
+from bayesprompt.pipeline import dev_accuracy_score
 from bayesprompt.predict import predict
 
 __all__ = ["Row", "compare", "format_table", "main"]

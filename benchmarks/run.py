@@ -57,7 +57,6 @@ from bayesprompt.lm import Meter, load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.metrics import classification_report, misclassification_auroc, ood_auroc
 from bayesprompt.models.projection import RandomProjection
-from bayesprompt.predict import EnsemblePredictions
 
 __all__ = [
     "BENCHMARK_VERSION",
