@@ -57,6 +57,7 @@ from bayesprompt.lm import Meter, load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.metrics import classification_report, misclassification_auroc, ood_auroc
 from bayesprompt.models.projection import RandomProjection
+from bayesprompt.runs import RunDirectory, RunDirectoryError
 
 __all__ = [
     "BENCHMARK_VERSION",
@@ -555,6 +556,24 @@ class CellCache:
         """The folder where ``cell``'s fit waits for its evaluation (see :mod:`benchmarks.checkpoint`)."""
         return self.directory / f"{cell.filename(digest).removesuffix('.json')}.fit"
 
+    def saved_work(self, cell: Cell, digest: str) -> str | None:
+        """What a killed run of ``cell`` left behind, in words (``None``: nothing).
+
+        ``"fitted, not yet evaluated"`` (a fit checkpoint) or ``"fit at call N"`` (the
+        engine's last step checkpoint; N = 0 after the initial population only).
+        """
+        folder = self.checkpoint(cell, digest)
+        if (folder / "outcome.json").is_file():
+            return "fitted, not yet evaluated"
+        steps = RunDirectory(folder / STEP_CHECKPOINTS)
+        if not steps.has_checkpoint():
+            return None
+        try:
+            records = steps.read_diagnostics()
+        except RunDirectoryError:
+            records = []
+        return f"fit at call {records[-1].get('api_calls', '?') if records else 0}"
+
     def siblings(self, cell: Cell, digest: str) -> list[dict[str, Any]]:
         """The cached ``ok`` records of ``cell``'s task, method, seed and settings at other budgets."""
         pattern = Cell(cell.task, cell.method, cell.seed, None).filename(digest).replace("__budgetnone__", "__budget*__")
@@ -689,9 +708,10 @@ def run_suite(
             say(f"[{index}/{len(cells)}] {_name(cell)}: same run as budget {reused['reused_from_budget']} "
                 f"(stopped by itself at {reused['api_calls']} calls)")
             continue
+        saved = cache.saved_work(cell, digest)
         if cached_only:
             result.not_run += 1
-            say(f"[{index}/{len(cells)}] {_name(cell)}: not run (--cached-only)")
+            say(f"[{index}/{len(cells)}] {_name(cell)}: not run (--cached-only)" + (f"; {saved}" if saved else ""))
             continue
         ok, reason = availability(spec)
         if not ok:
@@ -699,6 +719,8 @@ def run_suite(
             result.records.append({**base, "status": "unavailable", "error": reason})
             say(f"[{index}/{len(cells)}] {_name(cell)}: unavailable ({reason})")
             continue
+        if saved:
+            say(f"[{index}/{len(cells)}] {_name(cell)}: continuing ({saved})")
         try:
             record = {**base, **run_cell(config, cell, spec, resources, progress, checkpoint=cache.checkpoint(cell, digest))}
             result.ran += 1

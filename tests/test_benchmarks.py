@@ -146,6 +146,7 @@ def test_a_cell_killed_during_evaluation_resumes_from_its_fit(tmp_path, data_dir
     resumed = run_suite(config, tmp_path / "suite", registry, log=lines.append)
     assert resumed.ran == len(methods) and fits == list(methods)  # evaluated without fitting again
     assert all(r["resumed_fit"] for r in resumed.records) and sum("fit from checkpoint" in x for x in lines) == len(methods)
+    assert sum(": continuing (fitted, not yet evaluated)" in x for x in lines) == len(methods)
     assert not list((tmp_path / "suite" / "cells").glob("*.fit"))  # removed once the records are saved
 
     fresh = run_suite(config, tmp_path / "fresh", registry, log=None)
@@ -174,8 +175,13 @@ def test_a_cell_killed_during_its_fit_continues_from_its_last_engine_step(tmp_pa
     assert len(list((tmp_path / "suite" / "cells").glob("*.fit/steps/checkpoint.npz"))) == len(methods)
 
     monkeypatch.setattr(RunDirectory, "write_checkpoint", real_write)
-    resumed = run_suite(config, tmp_path / "suite", log=None)
+    listed: list[str] = []
+    run_suite(config, tmp_path / "suite", log=listed.append, cached_only=True)
+    assert sum("not run (--cached-only); fit at call" in line for line in listed) == len(methods)
+    lines: list[str] = []
+    resumed = run_suite(config, tmp_path / "suite", log=lines.append)
     assert resumed.ran == len(methods) and not list((tmp_path / "suite" / "cells").glob("*.fit"))
+    assert sum(": continuing (fit at call" in line for line in lines) == len(methods)
     fresh = run_suite(config, tmp_path / "fresh", log=None)
     for before, after in zip(fresh.records, resumed.records, strict=True):
         assert "resumed_fit_at_calls" not in before and 0 < after["resumed_fit_at_calls"] < after["api_calls"]
