@@ -47,7 +47,7 @@ def fake_config(data_dir: str, **changes) -> BenchmarkConfig:
 # ---------------------------------------------------------------------- doctests
 
 
-@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput", "point_vs_posterior"])
+@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput", "point_vs_posterior", "cma_elbo_drift"])
 def test_module_doctests(name):
     module = importlib.import_module(f"benchmarks.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
@@ -694,3 +694,45 @@ def test_smc_average_weighs_only_the_runs_that_reached_the_posterior(log_z, expe
     from benchmarks.methods import _evidence_probabilities
 
     assert _evidence_probabilities(log_z) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------- CMA-ELBO drift diagnostic
+
+
+def test_cma_elbo_drift_reads_the_implied_spread_of_log_s_from_a_cell(tmp_path):
+    from benchmarks.cma_elbo_drift import cell_rows, format_table
+
+    summary = {"iterations": 24, "q_mean_norm": 2.0 * math.sqrt(8), "q_std_norm": math.sqrt(8) * math.exp(0.25)}
+    record = {"task": "sst2", "seed": 1, "summary": summary}
+    (tmp_path / "sst2__cma-elbo__seed1__budget2000__abc.json").write_text(json.dumps(record))
+    (tmp_path / "sst2__smc__seed1__budget2000__abc.json").write_text(json.dumps(record))  # not cma-elbo: ignored
+    [row] = cell_rows(tmp_path, dim=8)
+    assert row["cell"] == "sst2 seed 1" and row["iterations"] == 24
+    assert row["mean_rms"] == pytest.approx(2.0) and row["log_std_spread"] == pytest.approx(0.5)
+    narrow = dict(record, summary=dict(summary, q_std_norm=1.0))  # ||s|| < sqrt(D): no real spread
+    (tmp_path / "sst2__cma-elbo__seed1__budget2000__abc.json").write_text(json.dumps(narrow))
+    assert math.isnan(cell_rows(tmp_path, dim=8)[0]["log_std_spread"])
+    assert "| sst2 seed 1 | 24 | 2.00 | - | 1.0 |" in format_table("t", cell_rows(tmp_path, dim=8))
+
+
+def test_cma_es_told_noise_walks_both_halves_of_theta_equally_far():
+    from benchmarks.cma_elbo_drift import noise_rows
+
+    rows = noise_rows(dim=50, popsize=8, sigma0=1.0, iterations=20, seeds=range(4))
+    final = [r for r in rows if r["iterations"] == 20]
+    first = [r for r in rows if r["iterations"] == 5]
+    assert len(final) == len(first) == 4
+    mean_walk = sum(r["mean_rms"] for r in final) / 4
+    log_std_walk = sum(r["log_std_spread"] for r in final) / 4
+    assert log_std_walk == pytest.approx(mean_walk, rel=0.25)  # 100 coordinates per seed: ~5% MC error
+    for early, late in zip(first, final):
+        assert late["mean_rms"] > early["mean_rms"] and late["std_norm"] > math.sqrt(50)
+
+
+def test_cma_elbo_reaches_the_mean_field_optimum_only_with_a_long_run():
+    from benchmarks.cma_elbo_drift import linear_gaussian_rows
+
+    optimum, short, long = linear_gaussian_rows(dim=20, num_obs=16, noise_scale=2.0, popsize=8, runs=[(1.0, 5), (1.0, 300)])
+    assert optimum["std_norm"] < math.sqrt(20)  # the data shrink the posterior
+    assert abs(long["std_norm"] - optimum["std_norm"]) < abs(short["std_norm"] - optimum["std_norm"])
+    assert long["std_norm"] == pytest.approx(optimum["std_norm"], rel=0.15)
