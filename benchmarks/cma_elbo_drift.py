@@ -15,7 +15,9 @@ draws. This script prints three tables:
    ``||exp(log s)||`` grows fast (``exp`` of a spread ``log s`` inflates the norm).
 3. **linear-Gaussian**: the engine itself, at the suite's settings and with a 16 times longer
    run, on a conjugate model of the same dimension whose best mean-field ``s`` is known in
-   closed form (the run is cheap: the forward map is linear).
+   closed form (the run is cheap: the forward map is linear); and the engine with one
+   scale for all coordinates (``scale="isotropic"``) at the suite's settings, against its
+   own closed-form optimum.
 
 Usage::
 
@@ -77,12 +79,13 @@ def noise_rows(
 
 def linear_gaussian_rows(
     dim: int, num_obs: int, noise_scale: float, popsize: int,
-    runs: Sequence[tuple[float, int]], seed: int = 0,
+    runs: Sequence[tuple[float, int, str]], seed: int = 0,
 ) -> list[dict[str, float | str]]:
-    """The engine on a conjugate model with a known mean-field optimum.
+    """The engine on a conjugate model whose KL-optimal ``q`` of each family is known.
 
-    ``runs`` lists ``(kl_weight, iterations)`` pairs; each run costs ``popsize * 4`` calls
-    of the (cheap, linear) forward map per iteration.
+    ``runs`` lists ``(kl_weight, iterations, scale)`` triples (``scale`` as in
+    :class:`~bayesprompt.inference.cma.CMAELBO`); each run costs ``popsize * 4`` calls of
+    the (cheap, linear) forward map per iteration.
     """
     from bayesprompt.inference.base import run
     from bayesprompt.inference.cma import CMAELBO
@@ -91,17 +94,21 @@ def linear_gaussian_rows(
 
     problem = LinearGaussian.random(dim=dim, num_obs=num_obs, seed=seed, noise_scale=noise_scale)
     precision = torch.linalg.inv(problem.posterior_cov())
-    optimum = float(precision.diagonal().rsqrt().norm())  # KL(q || posterior)-optimal diagonal s
+    optima = {  # norm of the KL(q || posterior)-optimal s: s_j = L_jj^-1/2, or s^2 = D / trace(L)
+        "diagonal": float(precision.diagonal().rsqrt().norm()),
+        "isotropic": dim / math.sqrt(float(precision.trace())),
+    }
     rows: list[dict[str, float | str]] = [
-        {"cell": "mean-field optimum (kl_weight 1)", "iterations": 0, "mean_rms": math.nan,
-         "log_std_spread": math.nan, "std_norm": optimum},
+        {"cell": f"{scale} optimum (kl_weight 1)", "iterations": 0, "mean_rms": math.nan,
+         "log_std_spread": math.nan, "std_norm": optimum}
+        for scale, optimum in optima.items()
     ]
-    for weight, iterations in runs:
-        engine = CMAELBO(popsize=popsize, num_mc_samples=4, kl_weight=weight, max_iterations=iterations)
+    for weight, iterations, scale in runs:
+        engine = CMAELBO(popsize=popsize, num_mc_samples=4, kl_weight=weight, max_iterations=iterations, scale=scale)
         posterior = run(engine, Potential(problem.model), seed=seed, progress=False)
         summary = posterior.summary
         rows.append({
-            "cell": f"linear-Gaussian, kl_weight {weight:g}",
+            "cell": f"{scale}, kl_weight {weight:g}",
             "iterations": summary["iterations"],
             "mean_rms": summary["q_mean_norm"] / math.sqrt(dim),
             "log_std_spread": _implied_log_std_spread(summary["q_std_norm"], dim),
@@ -167,7 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format_table("CMA-ES told pure noise", noise_rows(args.dim, args.popsize, args.sigma0, args.iterations, args.seeds)),
     ]
     if not args.no_linear:
-        runs = [(1e-3, args.iterations), (1.0, args.iterations), (1.0, args.long_iterations)]
+        runs = [
+            (1e-3, args.iterations, "diagonal"),
+            (1.0, args.iterations, "diagonal"),
+            (1.0, args.long_iterations, "diagonal"),
+            (1.0, args.iterations, "isotropic"),
+        ]
         rows = linear_gaussian_rows(args.dim, 32, 5.0, args.popsize, runs)
         tables.append(format_table("CMA-ELBO on a linear-Gaussian model (32 observations, noise 5)", rows))
     print("\n\n".join(tables))

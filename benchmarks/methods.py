@@ -705,5 +705,8 @@ def default_registry() -> dict[str, MethodSpec]:
         MethodSpec("cma-elbo", "CMA-ELBO", "ours",
                    "CMA-ES on a mean-field Gaussian q(z), Monte Carlo ELBO, best-dev q",
                    _engine_fitter(_cma_elbo_engine), requires=(f"{cma}:CMAELBO",)),
+        MethodSpec("cma-elbo-iso", "CMA-ELBO, one scale, true ELBO", "ours",
+                   "CMA-ELBO with q = N(m, s^2 I) and KL weight 1 (see benchmarks.cma_elbo_drift)",
+                   _engine_fitter(_cma_elbo_engine), requires=(f"{cma}:CMAELBO",)),
     ]
     return {spec.name: spec for spec in specs}

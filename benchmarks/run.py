@@ -189,6 +189,7 @@ class BenchmarkConfig:
         ("abc-mcmc", {"vote_smoothing": "dev"}),
         ("smc-temp", {"temperature_prior_scale": 1.0}),
         ("smc-average", {"temperature_prior_scale": 1.0}),
+        ("cma-elbo-iso", {"scale": "isotropic", "kl_weight": 1.0}),
     )
     data_dir: str | None = None
     length_bucket: int | None = None

@@ -454,11 +454,15 @@ def test_every_registered_method_runs_on_fake_box(tmp_path, data_dir):
     config = fake_config(data_dir, methods=methods, budgets=(96,), num_particles=8, method_options=(
         ("bbt", {"popsize": 8}), ("ensembles", {"num_members": 2, "popsize": 8}),
         ("cma-elbo", {"popsize": 6, "num_mc_samples": 2}), ("whitebox", {"max_steps": 5}),
+        ("cma-elbo-iso", {"popsize": 6, "num_mc_samples": 2, "scale": "isotropic", "kl_weight": 1.0}),
         ("abc-mcmc", {"vote_smoothing": "dev"}), ("smc-average", {"temperature_prior_scale": 1.0}),
     ))
     result = run_suite(config, tmp_path, log=None)
     bad = {r["method"]: r.get("error") for r in result.records if r["status"] == "error"}
     assert not bad
+    elbo = {r["method"]: r["summary"] for r in result.records if r["method"].startswith("cma-elbo")}
+    assert (elbo["cma-elbo"]["scale"], elbo["cma-elbo"]["kl_weight"]) == ("diagonal", 1e-3)
+    assert (elbo["cma-elbo-iso"]["scale"], elbo["cma-elbo-iso"]["kl_weight"]) == ("isotropic", 1.0)
     for record in result.records:
         if record["status"] == "ok" and record["budget"] is not None:
             assert record["api_calls"] <= 96
@@ -729,10 +733,13 @@ def test_cma_es_told_noise_walks_both_halves_of_theta_equally_far():
         assert late["mean_rms"] > early["mean_rms"] and late["std_norm"] > math.sqrt(50)
 
 
-def test_cma_elbo_reaches_the_mean_field_optimum_only_with_a_long_run():
+def test_cma_elbo_reaches_the_mean_field_optimum_only_with_a_long_run_but_one_scale_fast():
     from benchmarks.cma_elbo_drift import linear_gaussian_rows
 
-    optimum, short, long = linear_gaussian_rows(dim=20, num_obs=16, noise_scale=2.0, popsize=8, runs=[(1.0, 5), (1.0, 300)])
+    runs = [(1.0, 5, "diagonal"), (1.0, 300, "diagonal"), (1.0, 40, "isotropic")]
+    optimum, isotropic_optimum, short, long, isotropic = linear_gaussian_rows(dim=20, num_obs=16, noise_scale=2.0, popsize=8, runs=runs)
     assert optimum["std_norm"] < math.sqrt(20)  # the data shrink the posterior
     assert abs(long["std_norm"] - optimum["std_norm"]) < abs(short["std_norm"] - optimum["std_norm"])
     assert long["std_norm"] == pytest.approx(optimum["std_norm"], rel=0.15)
+    assert isotropic["cell"] == "isotropic, kl_weight 1" and isotropic_optimum["std_norm"] < math.sqrt(20)
+    assert isotropic["std_norm"] == pytest.approx(isotropic_optimum["std_norm"], rel=0.15)  # one scale: fast

@@ -14,6 +14,8 @@ correlated. With the KL weighted by ``w`` it is ``s_j^2 = w / (H_jj + w / tau^2)
 ``m -> `` the least-squares fit as ``w -> 0``.
 """
 
+import math
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -181,6 +183,32 @@ def test_cma_elbo_at_the_default_draws_does_not_inflate_q():
     average = torch.stack(ratios).mean(0)
     assert ((average > 0.8) & (average < 1.45)).all(), average
     assert state.best_params.equal(torch.as_tensor(state.strategy.mean, dtype=torch.float64))
+
+
+def test_isotropic_cma_elbo_finds_the_isotropic_optimum():
+    """For ``q = N(m, s^2 I)`` and a Gaussian posterior (precision ``L``) the KL-optimal
+    ``q`` has ``m`` = the posterior mean and ``s^2 = D / trace(L)``."""
+    g = torch.Generator().manual_seed(0)
+    design = torch.randn(12, 3, generator=g, dtype=torch.float64) * torch.tensor([0.3, 1.0, 3.0], dtype=torch.float64)
+    y = design @ torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64) + torch.randn(12, generator=g, dtype=torch.float64)
+    problem = LinearGaussian(design, y)
+    precision = torch.linalg.inv(problem.posterior_cov())
+    optimum = math.sqrt(3 / float(precision.trace()))
+    mean_field = precision.diagonal().rsqrt()
+    assert mean_field.max() > 2 * mean_field.min()  # the two families differ here
+    engine = CMAELBO(popsize=8, num_mc_samples=256, kl_weight=1.0, max_iterations=80, scale="isotropic")
+    potential = Potential(problem.model)
+    state = drive(engine, potential, seed=0)
+    assert state.best_params.shape == (4,)  # D means and one log-scale
+    mean, std = engine.variational_params(state)
+    assert std.shape == (3,) and torch.all(std == std[0])
+    # S = 256 draws in 3 dimensions: relative sd of the iteration's optimal s ~ 1/sqrt(2 * 768) = 0.03
+    assert float(std[0]) == pytest.approx(optimum, rel=0.12)
+    assert ((mean - problem.posterior_mean()).abs() < 0.35 * optimum).all()
+    with pytest.raises(ValueError, match=r"params must be \[P, 4\] \(3 means and 1 log-scales for scale='isotropic'\)"):
+        engine.objective(potential, torch.zeros(2, 6, dtype=torch.float64), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="scale must be one of"):
+        CMAELBO(scale="full")
 
 
 def test_small_kl_weight_shrinks_q_towards_the_least_squares_fit():

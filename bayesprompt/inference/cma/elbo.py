@@ -2,7 +2,8 @@
 
 The variational family is a diagonal Gaussian in the model's unconstrained coordinates,
 ``q(u) = N(m, diag(s^2))``. CMA-ES searches the ``2D`` parameters ``theta = (m, log s)``
-and scores each candidate by the Monte Carlo negative ELBO
+(with ``scale="isotropic"``, the ``D + 1`` parameters of ``q(u) = N(m, s^2 I)``) and scores
+each candidate by the Monte Carlo negative ELBO
 
 .. math::
 
@@ -50,6 +51,9 @@ from bayesprompt.models.priors import fixed_gaussian_prior as gaussian_prior
 
 __all__ = ["CMAELBO", "CMAELBOState", "NegativeELBO", "gaussian_prior"]
 
+#: Variance parameterisations of ``q``: one ``log s`` per coordinate, or one for all.
+SCALES = ("diagonal", "isotropic")
+
 
 @dataclass(frozen=True)
 class NegativeELBO:
@@ -67,10 +71,11 @@ class CMAELBOState:
     Attributes
     ----------
     strategy : cma.CMAEvolutionStrategy
-        The optimiser over ``theta = (m, log s)`` (``2D`` coordinates).
+        The optimiser over ``theta = (m, log s)`` (``2D`` coordinates, or ``D + 1`` for an
+        isotropic ``q``).
     iteration : int
         Completed iterations.
-    best_params : Tensor ``[2D]``
+    best_params : Tensor ``[2D]`` or ``[D + 1]``
         The selected ``theta``: the CMA mean (pycma's ``result.xfavorite``), or with a dev split
         the CMA mean with the best dev score.
     best_score : float
@@ -125,6 +130,12 @@ class CMAELBO(Engine[CMAELBOState]):
         Dev-evaluation period in iterations.
     diagonal : bool
         Use separable (diagonal) CMA-ES, cheaper for large ``D``.
+    scale : {"diagonal", "isotropic"}
+        Variance parameters of ``q``: one ``log s`` per coordinate (the paper's mean-field
+        family, default), or a single ``log s`` for ``N(m, s^2 I)``. With a few dozen
+        iterations in hundreds of dimensions, CMA-ES cannot resolve ``D`` scales from a
+        four-draw ELBO and the per-coordinate ``log s`` drift like a random walk, which
+        widens ``q`` (``python -m benchmarks.cma_elbo_drift``); one scale is learnt fast.
 
     Examples
     --------
@@ -152,11 +163,14 @@ class CMAELBO(Engine[CMAELBOState]):
         dev_score: DevScore | None = None,
         dev_every: int = 5,
         diagonal: bool = False,
+        scale: str = "diagonal",
     ) -> None:
         _check_at_least(popsize=(popsize, 2), num_mc_samples=(num_mc_samples, 1))
         _check_at_least(num_samples=(num_samples, 1), dev_every=(dev_every, 1))
         if init_std <= 0 or sigma0 <= 0 or kl_weight < 0:
             raise ValueError(f"need init_std > 0, sigma0 > 0, kl_weight >= 0; got {init_std}, {sigma0}, {kl_weight}")
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         self.popsize = popsize
         self.num_mc_samples = num_mc_samples
         self.kl_weight = kl_weight
@@ -167,6 +181,7 @@ class CMAELBO(Engine[CMAELBOState]):
         self.dev_score = dev_score
         self.dev_every = dev_every
         self.diagonal = diagonal
+        self.scale = scale
 
     # ------------------------------------------------------------------ engine API
     def init(self, potential: Potential, seed: int) -> CMAELBOState:
@@ -175,7 +190,8 @@ class CMAELBO(Engine[CMAELBOState]):
         potential.discover_sites(generator)
         dim = potential.dim
         prior = gaussian_prior(potential)
-        theta0 = torch.cat([start_point(prior, dim), torch.full((dim,), math.log(self.init_std))]).double()
+        num_scales = dim if self.scale == "diagonal" else 1
+        theta0 = torch.cat([start_point(prior, dim), torch.full((num_scales,), math.log(self.init_std))]).double()
         strategy = new_strategy(theta0.numpy(), self.sigma0, self.popsize, seed, self.diagonal)
         return CMAELBOState(strategy, 0, theta0, -math.inf, math.inf, generator.get_state(), prior)
 
@@ -225,6 +241,7 @@ class CMAELBO(Engine[CMAELBOState]):
             "q_mean_norm": float(mean.norm()),
             "q_std_norm": float(std.norm()),
             "kl_weight": self.kl_weight,
+            "scale": self.scale,
             "closed_form_kl": state.prior is not None,
             "iterations": state.iteration,
         }
@@ -243,7 +260,13 @@ class CMAELBO(Engine[CMAELBOState]):
         All ``P * S`` draws ``u = m + s * eps`` are scored in one ``potential.evaluate``.
         ``prior`` selects the closed-form KL; ``None`` uses the Monte Carlo estimate.
         """
-        mean, std = _split(params)
+        num_scales = potential.dim if self.scale == "diagonal" else 1
+        if params.ndim != 2 or params.shape[-1] != potential.dim + num_scales:
+            raise ValueError(
+                f"params must be [P, {potential.dim + num_scales}] ({potential.dim} means and "
+                f"{num_scales} log-scales for scale={self.scale!r}), got {tuple(params.shape)}"
+            )
+        mean, std = _split(params, potential.dim)
         num, draws = params.shape[0], eps.shape[0]
         u = (mean.unsqueeze(1) + std.unsqueeze(1) * eps.unsqueeze(0)).reshape(num * draws, -1)
         evaluation = potential.evaluate(u.float())
@@ -254,11 +277,15 @@ class CMAELBO(Engine[CMAELBOState]):
             kl = -_entropy(std) - evaluation.log_prior.double().reshape(num, draws).mean(-1)
         return NegativeELBO(expected_nll + self.kl_weight * kl, expected_nll, kl)
 
-    @staticmethod
-    def variational_params(state: CMAELBOState) -> tuple[torch.Tensor, torch.Tensor]:
+    def variational_params(self, state: CMAELBOState) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviations ``[D]`` (float64) of the selected ``q``."""
-        mean, std = _split(state.best_params.unsqueeze(0))
+        mean, std = _split(state.best_params.unsqueeze(0), self._latent_dim(state.best_params))
         return mean[0], std[0]
+
+    def _latent_dim(self, theta: torch.Tensor) -> int:
+        """``D`` from a parameter vector ``theta`` of this engine's family."""
+        size = theta.shape[-1]
+        return size // 2 if self.scale == "diagonal" else size - 1
 
     def _select(self, state: CMAELBOState, mean_fitness: float, info: dict[str, Any]) -> CMAELBOState:
         """Keep the latest CMA mean's ``q``, or the CMA mean's ``q`` with the best dev score."""
@@ -267,7 +294,8 @@ class CMAELBO(Engine[CMAELBOState]):
             return replace(state, best_params=theta, best_score=-mean_fitness)
         if not dev_due(state.iteration, self.dev_every):
             return state
-        score = float(self.dev_score(_split(theta.unsqueeze(0))[0].float())[0])
+        mean = theta[: self._latent_dim(theta)]
+        score = float(self.dev_score(mean.unsqueeze(0).float())[0])
         info["dev_score"] = score
         if score > state.best_score:
             return replace(state, best_params=theta, best_score=score)
@@ -280,10 +308,11 @@ def _check_at_least(**values: tuple[int, int]) -> None:
             raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
-def _split(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``theta [P, 2D] -> (m [P, D], s [P, D])``."""
-    mean, log_std = params.double().chunk(2, dim=-1)
-    return mean, log_std.exp()
+def _split(params: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``theta [P, 2D]`` or ``[P, D + 1]`` ``-> (m [P, D], s [P, D])``."""
+    params = params.double()
+    mean, log_std = params[..., :dim], params[..., dim:]
+    return mean, log_std.exp().expand_as(mean)
 
 
 def _entropy(std: torch.Tensor) -> torch.Tensor:
