@@ -190,8 +190,8 @@ class CMAELBO(Engine[CMAELBOState]):
         potential.discover_sites(generator)
         dim = potential.dim
         prior = gaussian_prior(potential)
-        num_scales = dim if self.scale == "diagonal" else 1
-        theta0 = torch.cat([start_point(prior, dim), torch.full((num_scales,), math.log(self.init_std))]).double()
+        log_scales = torch.full((self._num_scales(dim),), math.log(self.init_std))
+        theta0 = torch.cat([start_point(prior, dim), log_scales]).double()
         strategy = new_strategy(theta0.numpy(), self.sigma0, self.popsize, seed, self.diagonal)
         return CMAELBOState(strategy, 0, theta0, -math.inf, math.inf, generator.get_state(), prior)
 
@@ -260,7 +260,7 @@ class CMAELBO(Engine[CMAELBOState]):
         All ``P * S`` draws ``u = m + s * eps`` are scored in one ``potential.evaluate``.
         ``prior`` selects the closed-form KL; ``None`` uses the Monte Carlo estimate.
         """
-        num_scales = potential.dim if self.scale == "diagonal" else 1
+        num_scales = self._num_scales(potential.dim)
         if params.ndim != 2 or params.shape[-1] != potential.dim + num_scales:
             raise ValueError(
                 f"params must be [P, {potential.dim + num_scales}] ({potential.dim} means and "
@@ -281,6 +281,10 @@ class CMAELBO(Engine[CMAELBOState]):
         """Mean and standard deviations ``[D]`` (float64) of the selected ``q``."""
         mean, std = _split(state.best_params.unsqueeze(0), self._latent_dim(state.best_params))
         return mean[0], std[0]
+
+    def _num_scales(self, dim: int) -> int:
+        """Number of ``log s`` parameters of ``q`` in ``dim`` dimensions."""
+        return dim if self.scale == "diagonal" else 1
 
     def _latent_dim(self, theta: torch.Tensor) -> int:
         """``D`` from a parameter vector ``theta`` of this engine's family."""
