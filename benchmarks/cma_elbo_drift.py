@@ -48,14 +48,7 @@ def cell_rows(cells: Path, dim: int) -> list[dict[str, float | str]]:
     rows = []
     for path in sorted(cells.glob("*__cma-elbo__*.json")):
         record = json.loads(path.read_text())
-        summary = record["summary"]
-        rows.append({
-            "cell": f"{record['task']} seed {record['seed']}",
-            "iterations": summary["iterations"],
-            "mean_rms": summary["q_mean_norm"] / math.sqrt(dim),
-            "log_std_spread": _implied_log_std_spread(summary["q_std_norm"], dim),
-            "std_norm": summary["q_std_norm"],
-        })
+        rows.append(_summary_row(f"{record['task']} seed {record['seed']}", record["summary"], dim))
     return rows
 
 
@@ -106,14 +99,7 @@ def linear_gaussian_rows(
     for weight, iterations, scale in runs:
         engine = CMAELBO(popsize=popsize, num_mc_samples=4, kl_weight=weight, max_iterations=iterations, scale=scale)
         posterior = run(engine, Potential(problem.model), seed=seed, progress=False)
-        summary = posterior.summary
-        rows.append({
-            "cell": f"{scale}, kl_weight {weight:g}",
-            "iterations": summary["iterations"],
-            "mean_rms": summary["q_mean_norm"] / math.sqrt(dim),
-            "log_std_spread": _implied_log_std_spread(summary["q_std_norm"], dim),
-            "std_norm": summary["q_std_norm"],
-        })
+        rows.append(_summary_row(f"{scale}, kl_weight {weight:g}", posterior.summary, dim))
     return rows
 
 
@@ -130,6 +116,17 @@ def format_table(title: str, rows: Sequence[dict[str, float | str]]) -> str:
             f"| {_fmt(row['log_std_spread'])} | {_fmt(row['std_norm'], 1)} |"
         )
     return "\n".join(lines)
+
+
+def _summary_row(label: str, summary: dict, dim: int) -> dict[str, float | str]:
+    """A drift row from a CMA-ELBO posterior summary (``q_mean_norm``, ``q_std_norm``)."""
+    return {
+        "cell": label,
+        "iterations": summary["iterations"],
+        "mean_rms": summary["q_mean_norm"] / math.sqrt(dim),
+        "log_std_spread": _implied_log_std_spread(summary["q_std_norm"], dim),
+        "std_norm": summary["q_std_norm"],
+    }
 
 
 def _theta_row(label: str, iteration: int, theta: np.ndarray, dim: int) -> dict[str, float | str]:
