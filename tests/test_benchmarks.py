@@ -728,7 +728,7 @@ def test_cma_es_told_noise_walks_both_halves_of_theta_equally_far():
     assert len(final) == len(first) == 4
     mean_walk = sum(r["mean_rms"] for r in final) / 4
     log_std_walk = sum(r["log_std_spread"] for r in final) / 4
-    assert log_std_walk == pytest.approx(mean_walk, rel=0.25)  # 100 coordinates per seed: ~5% MC error
+    assert log_std_walk == pytest.approx(mean_walk, rel=0.25)  # 50 coordinates per half and seed; seeds differ by up to 20%
     for early, late in zip(first, final):
         assert late["mean_rms"] > early["mean_rms"] and late["std_norm"] > math.sqrt(50)
 
