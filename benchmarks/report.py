@@ -117,6 +117,10 @@ def markdown_table(
     if buckets:
         lines += ["", f"(k bucketed): k of the seeds had their test and OOD sets scored in length-sorted chunks of "
                       f"{' or '.join(map(str, buckets))} (`evaluation_length_bucket`); the others in one contiguous batch."]
+    fit_buckets = sorted({r["fit_length_bucket"] for r in mine if r.get("status") == "ok" and r.get("fit_length_bucket")})
+    if fit_buckets:
+        lines += ["", f"(k fit in chunks): k of the seeds scored their training (and dev) batch in length-sorted chunks of "
+                      f"{' or '.join(map(str, fit_buckets))} while fitting (`length_bucket`); the others as one batch."]
     return "\n".join(lines) + "\n"
 
 
@@ -272,7 +276,9 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     cells.append(f"{_mean([r.get('fit_seconds', math.nan) for r in ok]):.1f}")
     failed = len(rows) - len(ok)
     bucketed = sum(1 for r in ok if r.get("evaluation_length_bucket"))
+    fit_chunked = sum(1 for r in ok if r.get("fit_length_bucket"))
     marks = [f"{bucketed} bucketed"] if bucketed else []
+    marks += [f"{fit_chunked} fit in chunks"] if fit_chunked else []
     marks += [f"{failed} failed"] if failed else []
     cells.append(f"{len(ok)}" + (f" ({', '.join(marks)})" if marks else ""))
     return cells

@@ -47,7 +47,7 @@ def fake_config(data_dir: str, **changes) -> BenchmarkConfig:
 # ---------------------------------------------------------------------- doctests
 
 
-@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput", "point_vs_posterior", "cma_elbo_drift"])
+@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput", "point_vs_posterior", "cma_elbo_drift", "length_buckets"])
 def test_module_doctests(name):
     module = importlib.import_module(f"benchmarks.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
@@ -246,7 +246,7 @@ def test_grid_and_cache_keys():
     assert cell_hash(own_option, cell) != cell_hash(config, cell)
     assert cell_hash(dataclasses.replace(config, precision="fp32"), cell) != cell_hash(config, cell)
     assert cell_hash(dataclasses.replace(config, seeds=(5,), data_dir="/elsewhere"), cell) == cell_hash(config, cell)
-    assert cell_hash(dataclasses.replace(config, length_bucket=64), cell) != cell_hash(config, cell)
+    assert cell_hash(dataclasses.replace(config, length_bucket=None), cell) == cell_hash(config, cell)
     assert cell_hash(dataclasses.replace(config, evaluation_length_bucket=None), cell) == cell_hash(config, cell)
 
 
@@ -271,7 +271,7 @@ def test_evaluation_length_bucket_changes_chunks_not_results_or_keys(tmp_path, d
 
     monkeypatch.setattr(FakeBlackBox, "_score_chunk", spy_chunk)
     monkeypatch.setattr(bench, "evaluate", spy_evaluate)
-    config = fake_config(data_dir, methods=("smc",), test_size=40, evaluation_length_bucket=None)
+    config = fake_config(data_dir, methods=("smc",), test_size=40, length_bucket=None, evaluation_length_bucket=None)
     plain = run_suite(config, tmp_path / "plain", log=None).records[0]
     plain_chunks, chunks[:] = list(chunks), []
     bucketed = run_suite(dataclasses.replace(config, evaluation_length_bucket=4), tmp_path / "bucketed", log=None).records[0]
@@ -285,6 +285,29 @@ def test_evaluation_length_bucket_changes_chunks_not_results_or_keys(tmp_path, d
     for key in ("accuracy", "nll", "brier", "ece", "misclassification_auroc", "ood_auroc"):
         assert bucketed[key] == pytest.approx(plain[key], abs=1e-5), key
     assert bucketed["api_calls"] == plain["api_calls"]
+
+
+def test_fit_length_bucket_chunks_the_training_batch_keeps_the_key_and_is_recorded(tmp_path, data_dir, monkeypatch):
+    """Fitting in length buckets: same cache file, same results to float rounding, bucket recorded."""
+    chunk_sizes: list[int] = []
+    score_chunk = FakeBlackBox._score_chunk
+
+    def spy_chunk(self, prompts, batch):
+        chunk_sizes.append(len(batch))
+        return score_chunk(self, prompts, batch)
+
+    monkeypatch.setattr(FakeBlackBox, "_score_chunk", spy_chunk)
+    config = fake_config(data_dir, methods=("eki",), test_size=40, length_bucket=None, evaluation_length_bucket=40)
+    plain = run_suite(config, tmp_path / "plain", log=None).records[0]
+    training = 2 * config.k
+    assert training in chunk_sizes and plain["fit_length_bucket"] is None
+    chunk_sizes.clear()
+    chunked = run_suite(dataclasses.replace(config, length_bucket=3), tmp_path / "chunked", log=None).records[0]
+    assert chunked["fit_length_bucket"] == 3 and chunk_sizes[:3] == [3, 3, 2]  # EKI's one query, sorted into 3s
+    assert [p.name for p in (tmp_path / "plain" / "cells").glob("*.json")] == [
+        p.name for p in (tmp_path / "chunked" / "cells").glob("*.json")]
+    for key in ("accuracy", "nll", "brier", "ece"):
+        assert chunked[key] == pytest.approx(plain[key], abs=1e-4), key
 
 
 def test_scoring_length_bucket_is_restored_even_on_error():
@@ -375,6 +398,10 @@ def test_markdown_table_marks_seeds_scored_in_length_buckets():
     lines = markdown_table(mixed, "sst2").splitlines()
     assert lines[4].endswith("| 3 (1 bucketed, 1 failed) |")
     assert lines[-1].startswith("(k bucketed): k of the seeds") and "chunks of 64 (" in lines[-1]
+    chunked = [*plain, {**synthetic("sst2", "smc", 2, 0.9), "fit_length_bucket": 16}]
+    lines = markdown_table(chunked, "sst2").splitlines()
+    assert lines[4].endswith("| 3 (1 fit in chunks) |")
+    assert lines[-1].startswith("(k fit in chunks): k of the seeds scored their training") and "chunks of 16 while" in lines[-1]
 
 
 def test_markdown_report_separates_main_table_and_sweep(tmp_path):
