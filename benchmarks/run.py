@@ -152,9 +152,9 @@ class BenchmarkConfig:
         :class:`~bayesprompt.lm.base.PromptBlackBox`): a training or dev batch of more
         than this many examples is sorted by length and scored in chunks of that many,
         each padded only to its own longest example. Default 16: on seed 0's training
-        batch, bf16, one thread, this cut the time of one call from 11.8-13.4 s to 5.4 s
-        on DBPedia (224 examples), 2.7 s to 1.2 s on AG News (64) and 0.57 s to 0.34 s on
-        SNLI (48) (measured 2026-11-28, with four benchmark processes on the two cores).
+        batch (bf16, one thread) it cut one call from 12.2 s to 3.8 s on DBPedia (224
+        examples), 2.1 s to 1.0 s on AG News (64) and 0.44 s to 0.25 s on SST-2 (32)
+        (``python -m benchmarks.length_buckets``, 2026-11-28, four processes on two cores).
         ``None`` scores contiguous chunks, as every cell fitted before 2026-11-28 did.
         The attended tokens are the same, so only float rounding changes (in bf16 up to
         about 0.03 in the logits), which can send an adaptive engine down another, equally
