@@ -34,6 +34,7 @@ from bayesprompt.data.loaders import load_split
 from bayesprompt.data.registry import get_task
 from bayesprompt.lm import load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
+from benchmarks.run import scoring_length_bucket
 
 __all__ = ["seconds_per_call", "main"]
 
@@ -54,16 +55,13 @@ def seconds_per_call(
     """
     generator = torch.Generator().manual_seed(seed)
     prompts = 0.05 * torch.randn(num_prompts, num_tokens, backend.embed_dim, generator=generator)
-    previous, times = backend.length_bucket, {}
-    try:
-        for bucket in buckets:
-            backend.length_bucket = bucket
+    times = {}
+    for bucket in buckets:
+        with scoring_length_bucket(backend, bucket):
             backend.score(prompts[:1], batch)
             started = time.perf_counter()
             backend.score(prompts, batch)
             times[bucket] = (time.perf_counter() - started) / num_prompts
-    finally:
-        backend.length_bucket = previous
     return times
 
 
