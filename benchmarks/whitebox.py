@@ -14,7 +14,10 @@ plain differentiable PyTorch for the built-in backends (for
 :func:`differentiable_scores` calls it under ``torch.enable_grad`` and the backend's own
 autocast, which reuses the exact scoring code without editing or copying the backend.
 Gradients are taken with :func:`torch.autograd.grad` with respect to the prompt only, so
-the model's weights are never modified and never accumulate ``.grad``.
+the model's weights are never modified and never accumulate ``.grad``. The full-batch
+loss is summed over the chunks the backend itself would score
+(:meth:`~PromptBlackBox.example_chunks`: length-sorted buckets for a batch longer than
+``length_bucket``), so white-box forwards are padded like the black box's.
 
 This is *not* an API method: training forwards are not charged to the meter (they are
 counted in ``forward_passes`` / ``backward_passes``); test predictions go through the
@@ -241,5 +244,5 @@ def _dev_score(backend: PromptBlackBox, prompt: torch.Tensor, dev: EncodedBatch)
 
 
 def _split(backend: PromptBlackBox, batch: EncodedBatch) -> list[EncodedBatch]:
-    step = max(1, backend.max_sequences)
-    return [batch.select(slice(start, start + step)) for start in range(0, len(batch), step)]
+    """The sub-batches the backend would score in one forward pass each (same padding)."""
+    return [batch.select(index) for index in backend.example_chunks(batch)]

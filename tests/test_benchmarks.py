@@ -440,6 +440,28 @@ def test_whitebox_reduces_training_loss_on_fake_box():
     assert box.meter.calls == 0  # white-box training is not metered
     assert result.forward_passes == 31 + 7 and result.backward_passes == 30
 
+def test_whitebox_takes_the_backends_length_buckets_with_the_same_gradients(monkeypatch):
+    """Training forwards follow ``example_chunks`` (padding alike), and the sum is unchanged."""
+    chunk_sizes: list[int] = []
+    score_chunk = FakeBlackBox._score_chunk
+
+    def spy_chunk(self, prompts, batch):
+        chunk_sizes.append(len(batch))
+        return score_chunk(self, prompts, batch)
+
+    monkeypatch.setattr(FakeBlackBox, "_score_chunk", spy_chunk)
+    config = WhiteBoxConfig(n_tokens=3, max_steps=4, lr=0.05, eval_every=2, patience=100)
+    results = {}
+    for bucket in (None, 3):
+        box = FakeBlackBox(TOY, embed_dim=6, seed=1, length_bucket=bucket)
+        batch = box.encode([Example(f"text {i}", int(i % 8 != 0)) for i in range(8)])
+        chunk_sizes.clear()
+        results[bucket] = train_prompt(box, batch, batch, config)
+        assert chunk_sizes[:4] == ([8, 8, 8, 8] if bucket is None else [3, 3, 2, 3])  # dev, then train
+    assert results[3].train_losses == pytest.approx(results[None].train_losses, abs=1e-6)
+    torch.testing.assert_close(results[3].prompt, results[None].prompt, atol=1e-5, rtol=0)
+
+
 
 def test_whitebox_rejects_bad_settings():
     with pytest.raises(ValueError, match="parametrisation"):

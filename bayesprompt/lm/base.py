@@ -188,27 +188,55 @@ class PromptBlackBox(ABC):
     def _check_query(self, prompts: torch.Tensor, batch: EncodedBatch) -> None:
         """Backend-specific validation of a query, run before it is charged (default: none)."""
 
-    def _score_chunked(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
-        num_prompts, num_examples = prompts.shape[0], len(batch)
-        if self.length_bucket is not None and num_examples > self.length_bucket:
-            per_pass = min(self.length_bucket, self.max_sequences)
+    def example_chunks(self, batch: EncodedBatch) -> list[slice | torch.Tensor]:
+        """The example indices of each forward pass of one prompt over ``batch``.
+
+        Contiguous slices of at most ``max_sequences`` examples, or, for a batch of more
+        than ``length_bucket`` examples, length-sorted index chunks of ``length_bucket``
+        (see the class notes). :meth:`score` runs these chunks; code that takes its own
+        forwards (white-box gradients) can use them to pad alike.
+
+        Examples
+        --------
+        >>> from bayesprompt.data.task import Example, Task
+        >>> from bayesprompt.testing import FakeBlackBox
+        >>> task = Task("toy", ("a", "b"), ("A.", "B."), "{text} {mask}", ("a", "b"))
+        >>> mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]])
+        >>> batch = EncodedBatch(torch.ones(3, 3, dtype=torch.long), mask, torch.zeros(3, dtype=torch.long))
+        >>> [chunk.tolist() for chunk in FakeBlackBox(task, embed_dim=4, length_bucket=2).example_chunks(batch)]
+        [[1, 2], [0]]
+        >>> FakeBlackBox(task, embed_dim=4, length_bucket=None, max_sequences=2).example_chunks(batch)
+        [slice(0, 2, None), slice(2, 4, None)]
+        """
+        num_examples, per_pass = len(batch), self._examples_per_pass(len(batch))
+        if self._length_sorted(num_examples):
             order = batch.attention_mask.sum(-1).argsort(stable=True)
-        else:
-            per_pass = max(1, min(num_examples, self.max_sequences))
-            order = None
-        prompt_step = max(1, self.max_sequences // per_pass)
+            return [order[start : start + per_pass] for start in range(0, num_examples, per_pass)]
+        return [slice(start, start + per_pass) for start in range(0, num_examples, per_pass)]
+
+    def _length_sorted(self, num_examples: int) -> bool:
+        return self.length_bucket is not None and num_examples > self.length_bucket
+
+    def _examples_per_pass(self, num_examples: int) -> int:
+        if self._length_sorted(num_examples):
+            return min(self.length_bucket, self.max_sequences)
+        return max(1, min(num_examples, self.max_sequences))
+
+    def _score_chunked(self, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
+        chunks = self.example_chunks(batch)
+        prompt_step = max(1, self.max_sequences // self._examples_per_pass(len(batch)))
         rows = []
-        for p0 in range(0, num_prompts, prompt_step):
-            cols = []
-            for b0 in range(0, num_examples, per_pass):
-                index = slice(b0, b0 + per_pass) if order is None else order[b0 : b0 + per_pass]
-                cols.append(self._score_chunk(prompts[p0 : p0 + prompt_step], batch.select(index)).float().cpu())
+        for p0 in range(0, prompts.shape[0], prompt_step):
+            cols = [
+                self._score_chunk(prompts[p0 : p0 + prompt_step], batch.select(index)).float().cpu()
+                for index in chunks
+            ]
             rows.append(torch.cat(cols, dim=1))
         scores = torch.cat(rows, dim=0)
-        if order is None:
+        if not self._length_sorted(len(batch)):
             return scores
         unsorted = torch.empty_like(scores)
-        unsorted[:, order] = scores
+        unsorted[:, torch.cat(chunks)] = scores
         return unsorted
 
     def _check_prompts(self, prompts: torch.Tensor) -> torch.Tensor:
