@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,10 +53,11 @@ from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel, lognormal_temperature_prior
 from bayesprompt.pipeline import dev_accuracy_score  # BBT's dev selection: accuracy, ties broken by likelihood
 from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
-from bayesprompt.runs import RunDirectory, StateCodec, config_digest, run_with_checkpoints
+from bayesprompt.runs import RunDirectory, StateCodec, atomic_write_text, config_digest, run_with_checkpoints
 
 __all__ = [
     "BudgetPolicy",
+    "FIT_SETTINGS",
     "MethodContext",
     "MethodOutcome",
     "MethodSpec",
@@ -63,6 +65,7 @@ __all__ = [
     "availability",
     "default_registry",
     "effective_budget",
+    "fit_bucket_in_effect",
     "run_engine",
 ]
 
@@ -164,7 +167,9 @@ class MethodOutcome:
         that a cell killed during evaluation need not be fitted again.
     resumed_from : dict or None
         ``{"calls", "iteration", "fit_seconds"}`` of the step checkpoint the fit continued
-        from (:func:`run_engine`); ``None`` for a fit run from its start.
+        from (:func:`run_engine`), and ``"fit_length_bucket"``, the bucket in effect when
+        the fit began (absent for step checkpoints older than :data:`FIT_SETTINGS`);
+        ``None`` for a fit run from its start.
     """
 
     predictor: Predictor
@@ -361,6 +366,25 @@ def fit_engine(
     return outcome
 
 
+#: In a fit's step-checkpoint folder: the length bucket the fit began under.
+FIT_SETTINGS = "fit_settings.json"
+
+
+def fit_bucket_in_effect(length_bucket: int | None, ctx: MethodContext) -> int | None:
+    """``length_bucket`` if the fit's training or dev batch was larger (so sorted and chunked),
+    else ``None`` (each scored as one batch).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> fit_bucket_in_effect(16, NS(train=range(224), dev=range(224)))
+    16
+    >>> fit_bucket_in_effect(16, NS(train=range(16), dev=range(16))) is None
+    True
+    """
+    return length_bucket if length_bucket is not None and max(len(ctx.train), len(ctx.dev)) > length_bucket else None
+
+
 def run_engine(ctx: MethodContext, engine: Engine, potential: Potential) -> tuple[Posterior, dict[str, Any] | None]:
     """Run ``engine`` under the cell's meter, with step checkpoints in ``ctx.run_directory`` if set.
 
@@ -379,12 +403,19 @@ def run_engine(ctx: MethodContext, engine: Engine, potential: Potential) -> tupl
         return run(engine, potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress), None
     run_dir, codec = RunDirectory(ctx.run_directory), StateCodec()
     start = run_dir.read_checkpoint(codec) if run_dir.has_checkpoint() else None
+    settings = Path(ctx.run_directory) / FIT_SETTINGS
+    if start is None:
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(settings, json.dumps({"fit_length_bucket": fit_bucket_in_effect(ctx.backend.length_bucket, ctx)}))
     identity = config_digest({"engine": engine.name, "seed": ctx.seed, "budget": ctx.meter.budget})
     posterior, _ = run_with_checkpoints(engine, potential, run_dir, seed=ctx.seed, meter=ctx.meter,
                                         config_sha256=identity, start=start, codec=codec, progress=ctx.progress)
     if start is None:
         return posterior, None
-    return posterior, {"calls": int(start.meter["calls"]), "iteration": start.iteration, "fit_seconds": start.elapsed_seconds}
+    resumed_from = {"calls": int(start.meter["calls"]), "iteration": start.iteration, "fit_seconds": start.elapsed_seconds}
+    if settings.is_file():  # absent in step checkpoints older than it
+        resumed_from["fit_length_bucket"] = json.loads(settings.read_text())["fit_length_bucket"]
+    return posterior, resumed_from
 
 
 def _temperature_summary(posterior: Posterior) -> dict[str, float]:

@@ -117,10 +117,14 @@ def markdown_table(
     if buckets:
         lines += ["", f"(k bucketed): k of the seeds had their test and OOD sets scored in length-sorted chunks of "
                       f"{' or '.join(map(str, buckets))} (`evaluation_length_bucket`); the others in one contiguous batch."]
-    fit_buckets = sorted({r["fit_length_bucket"] for r in mine if r.get("status") == "ok" and r.get("fit_length_bucket")})
+    fit_buckets = sorted({r["fit_length_bucket"] for r in mine
+                          if r.get("status") == "ok" and r.get("fit_length_bucket") and not _partly_chunked(r)})
     if fit_buckets:
         lines += ["", f"(k fit in chunks): k of the seeds scored their training (and dev) batch in length-sorted chunks of "
                       f"{' or '.join(map(str, fit_buckets))} while fitting (`length_bucket`); the others as one batch."]
+    if any(r.get("status") == "ok" and _partly_chunked(r) for r in mine):
+        lines += ["", "(k partly in chunks): k of the seeds were resumed from a step checkpoint under another "
+                      "`length_bucket` (`fit_length_bucket_before_resume`): part of their fit ran in chunks, part as one batch."]
     return "\n".join(lines) + "\n"
 
 
@@ -276,12 +280,19 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     cells.append(f"{_mean([r.get('fit_seconds', math.nan) for r in ok]):.1f}")
     failed = len(rows) - len(ok)
     bucketed = sum(1 for r in ok if r.get("evaluation_length_bucket"))
-    fit_chunked = sum(1 for r in ok if r.get("fit_length_bucket"))
+    partly = sum(1 for r in ok if _partly_chunked(r))
+    fit_chunked = sum(1 for r in ok if r.get("fit_length_bucket") and not _partly_chunked(r))
     marks = [f"{bucketed} bucketed"] if bucketed else []
     marks += [f"{fit_chunked} fit in chunks"] if fit_chunked else []
+    marks += [f"{partly} partly in chunks"] if partly else []
     marks += [f"{failed} failed"] if failed else []
     cells.append(f"{len(ok)}" + (f" ({', '.join(marks)})" if marks else ""))
     return cells
+
+
+def _partly_chunked(record: Mapping[str, Any]) -> bool:
+    """Whether a resumed fit ran under two length buckets (see ``fit_length_bucket_before_resume``)."""
+    return "fit_length_bucket_before_resume" in record and record["fit_length_bucket_before_resume"] != record.get("fit_length_bucket")
 
 
 def _coverage_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[str] | None) -> str:

@@ -50,7 +50,9 @@ from typing import Any
 import torch
 
 from benchmarks.checkpoint import STEP_CHECKPOINTS, load_fit, save_fit
-from benchmarks.methods import MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget
+from benchmarks.methods import (
+    MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget, fit_bucket_in_effect,
+)
 from bayesprompt.data import TASKS, balanced_subsample, few_shot_split, get_task, load_split
 from bayesprompt.data.task import Example, Task
 from bayesprompt.lm import Meter, load_backend
@@ -439,6 +441,7 @@ def run_cell(
     if restored is not None:
         outcome, fit_info = restored
         inference_calls, fit_seconds, resumed_from = fit_info["api_usage"], fit_info["fit_seconds"], fit_info.get("resumed_from")
+        fit_bucket = fit_info.get("fit_length_bucket", fit_bucket_in_effect(backend.length_bucket, ctx))
     else:
         with torch.random.fork_rng(devices=[]):  # engines use their own generators; this pins anything else
             torch.manual_seed(cell.seed)
@@ -448,8 +451,10 @@ def run_cell(
         resumed_from = outcome.resumed_from
         fit_seconds += 0.0 if resumed_from is None else resumed_from["fit_seconds"]
         inference_calls = meter.snapshot().to_dict()
+        fit_bucket = fit_bucket_in_effect(backend.length_bucket, ctx)
         if checkpoint is not None and outcome.fitted is not None:
-            save_fit(outcome, checkpoint, {"api_usage": inference_calls, "fit_seconds": fit_seconds, "resumed_from": resumed_from})
+            save_fit(outcome, checkpoint, {"api_usage": inference_calls, "fit_seconds": fit_seconds,
+                                           "resumed_from": resumed_from, "fit_length_bucket": fit_bucket})
     meter.budget = None  # evaluation is metered, not budgeted
     calls_before_evaluation = meter.calls
     eval_started = time.perf_counter()
@@ -467,7 +472,8 @@ def run_cell(
         "fit_seconds": fit_seconds,
         "evaluation_seconds": eval_seconds,
         "evaluation_length_bucket": evaluation_bucket,
-        "fit_length_bucket": fit_bucket_in_effect(backend, ctx),
+        "fit_length_bucket": fit_bucket,
+        **_bucket_before_resume(resumed_from, fit_bucket),
         "wall_seconds": time.perf_counter() - started,
         "num_samples": outcome.num_samples,
         "prediction_samples": outcome.prediction_samples,
@@ -480,20 +486,15 @@ def run_cell(
     }
 
 
-def fit_bucket_in_effect(backend: PromptBlackBox, ctx: MethodContext) -> int | None:
-    """The backend's ``length_bucket`` if the fit's training or dev batch was larger (so sorted
-    and chunked), else ``None`` (each scored as one batch).
+def _bucket_before_resume(resumed_from: Mapping[str, Any] | None, fit_bucket: int | None) -> dict[str, Any]:
+    """``{"fit_length_bucket_before_resume": b}`` when a resumed fit began under another bucket ``b``.
 
-    Examples
-    --------
-    >>> from types import SimpleNamespace as NS
-    >>> fit_bucket_in_effect(NS(length_bucket=16), NS(train=range(224), dev=range(224)))
-    16
-    >>> fit_bucket_in_effect(NS(length_bucket=16), NS(train=range(16), dev=range(16))) is None
-    True
+    Empty when the fit was not resumed, began under the same bucket, or began before step
+    checkpoints recorded their bucket (unknown).
     """
-    bucket = backend.length_bucket
-    return bucket if bucket is not None and max(len(ctx.train), len(ctx.dev)) > bucket else None
+    if resumed_from is None or "fit_length_bucket" not in resumed_from or resumed_from["fit_length_bucket"] == fit_bucket:
+        return {}
+    return {"fit_length_bucket_before_resume": resumed_from["fit_length_bucket"]}
 
 
 @contextlib.contextmanager
@@ -848,10 +849,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="forward precision of every method")
     parser.add_argument("--test-size", type=int, help="class-balanced test subsample (0: the whole test set)")
     parser.add_argument("--length-bucket", type=int, metavar="N",
-                        help="while fitting, score batches over N examples sorted by length in chunks of N (only DBPedia's "
-                             "training batch is that large; a different cache key; default: contiguous chunks)")
+                        help="while fitting, score batches over N examples sorted by length in chunks of N (default 16; "
+                             "0: contiguous; not in the cache key: it changes scores by float rounding only)")
     parser.add_argument("--evaluation-length-bucket", type=int, metavar="N",
-                        help="score the test and OOD sets sorted by length in chunks of N (default 64; 0: as the fit; "
+                        help="score the test and OOD sets sorted by length in chunks of N (default 16; 0: as the fit; "
                              "not in the cache key: it changes scores by float rounding only)")
     parser.add_argument("--data-dir", help="data root (default: $BAYESPROMPT_DATA)")
     parser.add_argument("--out", default="benchmarks/results", help="output directory (default: benchmarks/results)")
@@ -875,7 +876,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     if args.test_size is not None:
         overrides["test_size"] = None if args.test_size == 0 else args.test_size
     if args.length_bucket is not None:
-        overrides["length_bucket"] = args.length_bucket
+        overrides["length_bucket"] = args.length_bucket or None
     if args.evaluation_length_bucket is not None:
         overrides["evaluation_length_bucket"] = args.evaluation_length_bucket or None
     if args.data_dir:

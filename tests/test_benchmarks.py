@@ -23,7 +23,9 @@ if str(REPO) not in sys.path:  # `benchmarks` is a top-level package of the repo
 
 from benchmarks.methods import MethodSpec, default_registry  # noqa: E402
 from benchmarks.report import format_mean_sd, markdown_report, markdown_table, plot_budget_sweep  # noqa: E402
-from benchmarks.run import BenchmarkConfig, Cell, cell_hash, main, main_cells, preset, run_suite, sweep_cells  # noqa: E402
+from benchmarks.run import (  # noqa: E402
+    BenchmarkConfig, Cell, cell_hash, config_from_args, main, main_cells, parse_args, preset, run_suite, sweep_cells,
+)
 from benchmarks.throughput import measure, write_throughput  # noqa: E402
 from benchmarks.whitebox import WhiteBoxConfig, differentiable_scores, train_prompt  # noqa: E402
 
@@ -189,6 +191,40 @@ def test_a_cell_killed_during_its_fit_continues_from_its_last_engine_step(tmp_pa
         assert _comparable(after) == {**_comparable(before), "resumed_fit_at_calls": after["resumed_fit_at_calls"]}
 
 
+def test_a_fit_resumed_under_another_length_bucket_records_both(tmp_path, data_dir, monkeypatch):
+    """The bucket a fit began under survives a kill, in step checkpoints and in a saved fit."""
+    import benchmarks.run as bench_run
+    from bayesprompt.runs import RunDirectory
+
+    config = fake_config(data_dir, methods=("smc-temp",), budgets=(400,), length_bucket=3)
+    real_write, real_evaluate = RunDirectory.write_checkpoint, bench_run.evaluate
+
+    def dies_at_step_three(self, checkpoint, codec):
+        if checkpoint.iteration == 3:
+            raise RuntimeError("killed during the fit")
+        return real_write(self, checkpoint, codec)
+
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", dies_at_step_three)
+    for out in ("same", "other"):
+        assert run_suite(config, tmp_path / out, log=None).errors == 1
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", real_write)
+    same = run_suite(config, tmp_path / "same", log=None).records[0]
+    assert same["resumed_fit_at_calls"] > 0 and same["fit_length_bucket"] == 3
+    assert "fit_length_bucket_before_resume" not in same
+    other = run_suite(dataclasses.replace(config, length_bucket=None), tmp_path / "other", log=None).records[0]
+    assert other["fit_length_bucket"] is None and other["fit_length_bucket_before_resume"] == 3
+    assert other["resumed_fit_at_calls"] == same["resumed_fit_at_calls"]
+    table = markdown_table([same, other, {**same, "fit_length_bucket_before_resume": None}], "sst2")
+    assert "| 3 (3 bucketed, 1 fit in chunks, 2 partly in chunks) |" in table
+    assert "(k partly in chunks): k of the seeds were resumed" in table
+
+    monkeypatch.setattr(bench_run, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    assert run_suite(config, tmp_path / "saved", log=None).errors == 1  # fitted under 3, then killed
+    monkeypatch.setattr(bench_run, "evaluate", real_evaluate)
+    saved = run_suite(dataclasses.replace(config, length_bucket=None), tmp_path / "saved", log=None).records[0]
+    assert saved["resumed_fit"] and saved["fit_length_bucket"] == 3  # the fit's bucket, not the evaluation run's
+
+
 def test_a_corrupt_fit_checkpoint_is_reported_by_file(tmp_path, data_dir):
     config = fake_config(data_dir, methods=("smc",))
     cell = main_cells(config, default_registry())[0]
@@ -346,8 +382,10 @@ def test_command_line_lists_methods_and_rejects_bad_options(capsys):
     assert all(name in listed for name in default_registry())
     assert main(["--config", "smoke", "--precision", "fp32", "--budgets", "0"]) == 2
     assert "budgets must be positive" in capsys.readouterr().err
-    assert main(["--config", "smoke", "--length-bucket", "0"]) == 2
-    assert "length_bucket must be None or an int >= 1, got 0" in capsys.readouterr().err
+    assert main(["--config", "smoke", "--length-bucket", "-1"]) == 2
+    assert "length_bucket must be None or an int >= 1, got -1" in capsys.readouterr().err
+    args = parse_args(["--length-bucket", "0", "--evaluation-length-bucket", "0"])
+    assert (config_from_args(args).length_bucket, config_from_args(args).evaluation_length_bucket) == (None, None)
 
 
 # ---------------------------------------------------------------------- report

@@ -179,3 +179,17 @@ def test_capped_limits_a_stage_and_restores_the_budget_even_after_a_refusal():
     with pytest.raises(ValueError, match="calls"):
         with unlimited.capped(-1):
             pass
+
+
+def test_select_trims_only_the_named_per_token_extras():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]])
+    extras = {"token_type_ids": mask * 2, "features": torch.arange(12.0).reshape(3, 4)}  # a per-example [B, L] feature
+    batch = EncodedBatch(mask * 7, mask, torch.tensor([0, 1, 2]), extras, token_extras=("token_type_ids",))
+    part = batch.select(slice(0, 2))
+    assert part.input_ids.shape == part.extras["token_type_ids"].shape == (2, 2)
+    torch.testing.assert_close(part.extras["features"], extras["features"][:2])  # not cut to the padding
+    assert part.token_extras == ("token_type_ids",)
+    with pytest.raises(ValueError, match="token_extras names 'types', which is not in extras"):
+        EncodedBatch(mask, mask, torch.zeros(3), extras, token_extras=("types",))
+    with pytest.raises(ValueError, match=r"per-token extra 'features' has shape \(3, 3\), input_ids \(3, 4\)"):
+        EncodedBatch(mask, mask, torch.zeros(3), {"features": torch.zeros(3, 3)}, token_extras=("features",))

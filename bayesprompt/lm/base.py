@@ -43,12 +43,30 @@ class EncodedBatch:
     extras : dict of Tensor
         Backend-specific per-example tensors with leading dim ``B`` (e.g. the mask
         position of a masked LM, token type ids).
+    token_extras : tuple of str
+        The names of the ``extras`` that are per token (``[B, L]``, like ``input_ids``),
+        which :meth:`select` trims with the padding. Say so explicitly: a per-example
+        feature of width ``L`` must not be cut.
+
+    Raises
+    ------
+    ValueError
+        If a ``token_extras`` name is not in ``extras`` or its shape is not ``input_ids``'.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_extras: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.token_extras:
+            if name not in self.extras:
+                raise ValueError(f"token_extras names {name!r}, which is not in extras {sorted(self.extras)}")
+            if tuple(self.extras[name].shape) != tuple(self.input_ids.shape):
+                raise ValueError(f"per-token extra {name!r} has shape {tuple(self.extras[name].shape)}, "
+                                 f"input_ids {tuple(self.input_ids.shape)}")
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -61,22 +79,16 @@ class EncodedBatch:
     def select(self, index: slice | torch.Tensor) -> "EncodedBatch":
         """Return the sub-batch at ``index`` (trimmed of all-padding columns).
 
-        Per-token extras (2-D with the width of ``input_ids``) are trimmed alike.
+        The ``token_extras`` are trimmed alike; the other extras are only indexed.
         """
         mask = self.attention_mask[index]
-        full_width = self.input_ids.shape[1]
         width = int(mask.sum(-1).max()) if mask.numel() else 0
-
-        def trim(value: torch.Tensor) -> torch.Tensor:
-            value = value[index]
-            is_per_token = value.ndim == 2 and value.shape[1] == full_width
-            return value[:, :width] if is_per_token else value
-
         return EncodedBatch(
-            input_ids=trim(self.input_ids),
-            attention_mask=trim(self.attention_mask),
+            input_ids=self.input_ids[index][:, :width],
+            attention_mask=mask[:, :width],
             labels=self.labels[index],
-            extras={k: trim(v) for k, v in self.extras.items()},
+            extras={k: v[index][:, :width] if k in self.token_extras else v[index] for k, v in self.extras.items()},
+            token_extras=self.token_extras,
         )
 
 

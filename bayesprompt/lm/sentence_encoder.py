@@ -186,7 +186,7 @@ class SentenceEncoderBlackBox(PromptBlackBox):
         extras = {}
         if self._uses_token_types and "token_type_ids" in enc:
             extras["token_type_ids"] = enc["token_type_ids"]
-        return EncodedBatch(enc["input_ids"], enc["attention_mask"], labels, extras)
+        return EncodedBatch(enc["input_ids"], enc["attention_mask"], labels, extras, token_extras=tuple(extras))
 
     def _check_query(self, prompts: torch.Tensor, batch: EncodedBatch) -> None:
         """Refuse, before charging, prompts too long for the model's position table."""
@@ -227,7 +227,7 @@ class SentenceEncoderBlackBox(PromptBlackBox):
         )
         uses_types = self._uses_token_types and "token_type_ids" in enc
         extras = {"token_type_ids": enc["token_type_ids"]} if uses_types else {}
-        batch = EncodedBatch(enc["input_ids"], enc["attention_mask"], torch.zeros(0), extras)
+        batch = EncodedBatch(enc["input_ids"], enc["attention_mask"], torch.zeros(0), extras, token_extras=tuple(extras))
         with torch.inference_mode():
             pooled = self._pooled(torch.zeros(1, 0, self.embed_dim), batch)[0]
         return pooled.clone()
