@@ -46,6 +46,20 @@ def fake_config(data_dir: str, **changes) -> BenchmarkConfig:
     return dataclasses.replace(preset("smoke"), backend="fake", data_dir=data_dir, **changes)
 
 
+@pytest.fixture
+def chunk_sizes(monkeypatch) -> list[int]:
+    """The number of examples in each forward pass of every :class:`FakeBlackBox`, in order."""
+    sizes: list[int] = []
+    score_chunk = FakeBlackBox._score_chunk
+
+    def spy_chunk(self, prompts, batch):
+        sizes.append(len(batch))
+        return score_chunk(self, prompts, batch)
+
+    monkeypatch.setattr(FakeBlackBox, "_score_chunk", spy_chunk)
+    return sizes
+
+
 # ---------------------------------------------------------------------- doctests
 
 
@@ -323,16 +337,8 @@ def test_evaluation_length_bucket_changes_chunks_not_results_or_keys(tmp_path, d
     assert bucketed["api_calls"] == plain["api_calls"]
 
 
-def test_fit_length_bucket_chunks_the_training_batch_keeps_the_key_and_is_recorded(tmp_path, data_dir, monkeypatch):
+def test_fit_length_bucket_chunks_the_training_batch_keeps_the_key_and_is_recorded(tmp_path, data_dir, chunk_sizes):
     """Fitting in length buckets: same cache file, same results to float rounding, bucket recorded."""
-    chunk_sizes: list[int] = []
-    score_chunk = FakeBlackBox._score_chunk
-
-    def spy_chunk(self, prompts, batch):
-        chunk_sizes.append(len(batch))
-        return score_chunk(self, prompts, batch)
-
-    monkeypatch.setattr(FakeBlackBox, "_score_chunk", spy_chunk)
     config = fake_config(data_dir, methods=("eki",), test_size=40, length_bucket=None, evaluation_length_bucket=40)
     plain = run_suite(config, tmp_path / "plain", log=None).records[0]
     training = 2 * config.k
@@ -478,16 +484,8 @@ def test_whitebox_reduces_training_loss_on_fake_box():
     assert box.meter.calls == 0  # white-box training is not metered
     assert result.forward_passes == 31 + 7 and result.backward_passes == 30
 
-def test_whitebox_takes_the_backends_length_buckets_with_the_same_gradients(monkeypatch):
+def test_whitebox_takes_the_backends_length_buckets_with_the_same_gradients(chunk_sizes):
     """Training forwards follow ``example_chunks`` (padding alike), and the sum is unchanged."""
-    chunk_sizes: list[int] = []
-    score_chunk = FakeBlackBox._score_chunk
-
-    def spy_chunk(self, prompts, batch):
-        chunk_sizes.append(len(batch))
-        return score_chunk(self, prompts, batch)
-
-    monkeypatch.setattr(FakeBlackBox, "_score_chunk", spy_chunk)
     config = WhiteBoxConfig(n_tokens=3, max_steps=4, lr=0.05, eval_every=2, patience=100)
     results = {}
     for bucket in (None, 3):
