@@ -172,6 +172,16 @@ def test_a_cell_killed_during_evaluation_resumes_from_its_fit(tmp_path, data_dir
     assert min(r["api_calls"] for r in resumed.records if r["method"] in ("smc", "abc-mcmc")) > 0
 
 
+def _dies_at_step_three(real_write):
+    """A ``RunDirectory.write_checkpoint`` that kills the fit when step 3 would be saved."""
+    def write(self, checkpoint, codec):
+        if checkpoint.iteration == 3:
+            raise RuntimeError("killed during the fit")
+        return real_write(self, checkpoint, codec)
+
+    return write
+
+
 def test_a_cell_killed_during_its_fit_continues_from_its_last_engine_step(tmp_path, data_dir, monkeypatch):
     from bayesprompt.runs import RunDirectory
 
@@ -179,13 +189,7 @@ def test_a_cell_killed_during_its_fit_continues_from_its_last_engine_step(tmp_pa
     # pickles), particles with a latent temperature, votes with dev smoothing (calls kept back), Kalman and MCMC
     config = fake_config(data_dir, methods=methods, budgets=(400,))
     real_write = RunDirectory.write_checkpoint
-
-    def dies_at_step_three(self, checkpoint, codec):
-        if checkpoint.iteration == 3:
-            raise RuntimeError("killed during the fit")
-        return real_write(self, checkpoint, codec)
-
-    monkeypatch.setattr(RunDirectory, "write_checkpoint", dies_at_step_three)
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", _dies_at_step_three(real_write))
     killed = run_suite(config, tmp_path / "suite", log=None)
     assert killed.errors == len(methods) and all("killed during the fit" in r["error"] for r in killed.records)
     assert len(list((tmp_path / "suite" / "cells").glob("*.fit/steps/checkpoint.npz"))) == len(methods)
@@ -212,13 +216,7 @@ def test_a_fit_resumed_under_another_length_bucket_records_both(tmp_path, data_d
 
     config = fake_config(data_dir, methods=("smc-temp",), budgets=(400,), length_bucket=3)
     real_write, real_evaluate = RunDirectory.write_checkpoint, bench_run.evaluate
-
-    def dies_at_step_three(self, checkpoint, codec):
-        if checkpoint.iteration == 3:
-            raise RuntimeError("killed during the fit")
-        return real_write(self, checkpoint, codec)
-
-    monkeypatch.setattr(RunDirectory, "write_checkpoint", dies_at_step_three)
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", _dies_at_step_three(real_write))
     for out in ("same", "other"):
         assert run_suite(config, tmp_path / out, log=None).errors == 1
     monkeypatch.setattr(RunDirectory, "write_checkpoint", real_write)
@@ -382,13 +380,14 @@ def test_the_committed_cells_are_found_by_the_current_cache_keys():
         assert cell.filename(cell_hash(config, cell)) == path.name
 
 
-def test_command_line_lists_methods_and_rejects_bad_options(capsys):
+def test_command_line_lists_methods_and_rejects_bad_options(capsys, tmp_path):
     assert main(["--list-methods"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in default_registry())
-    assert main(["--config", "smoke", "--precision", "fp32", "--budgets", "0"]) == 2
+    out = ["--out", str(tmp_path)]  # were a check to let a run through, it must not write into the repository
+    assert main(["--config", "smoke", "--precision", "fp32", "--budgets", "0", *out]) == 2
     assert "budgets must be positive" in capsys.readouterr().err
-    assert main(["--config", "smoke", "--length-bucket", "-1"]) == 2
+    assert main(["--config", "smoke", "--length-bucket", "-1", *out]) == 2
     assert "length_bucket must be None or an int >= 1, got -1" in capsys.readouterr().err
     args = parse_args(["--length-bucket", "0", "--evaluation-length-bucket", "0"])
     assert (config_from_args(args).length_bucket, config_from_args(args).evaluation_length_bucket) == (None, None)
