@@ -630,9 +630,10 @@ def run_with_checkpoints(
         start = Checkpoint(None, engine.name, 0, [], {}, 0.0, config_sha256)
     else:
         if (start.engine, start.config_sha256) != (engine.name, config_sha256):
+            where = f"{run_dir.file(CHECKPOINT_FILE)}: " if run_dir is not None else ""
             raise RunDirectoryError(
-                f"checkpoint of engine {start.engine!r} (config {start.config_sha256[:12]}) cannot continue "
-                f"engine {engine.name!r} (config {config_sha256[:12]})"
+                f"{where}checkpoint of engine {start.engine!r} (config {start.config_sha256[:12]}) cannot continue "
+                f"engine {engine.name!r} (config {config_sha256[:12]}); delete the checkpoint to start afresh"
             )
         meter.restore(start.meter)
         state = start.state

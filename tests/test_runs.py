@@ -459,3 +459,6 @@ def test_a_checkpoint_does_not_continue_another_engine_or_config(tmp_path):
     with pytest.raises(RunDirectoryError, match="cannot continue engine 'cmaes'"):
         run_with_checkpoints(CMAES(), potential, None, seed=0, meter=Meter(), config_sha256="abc", start=start,
                              progress=False)
+    with pytest.raises(RunDirectoryError, match="checkpoint.npz: checkpoint .* delete the checkpoint to start afresh"):
+        run_with_checkpoints(CMAES(), potential, run_dir, seed=0, meter=Meter(), config_sha256="abc", start=start,
+                             progress=False)
