@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import engine_defaults
 from benchmarks.checkpoint import STEP_CHECKPOINTS, load_fit, save_fit
 from benchmarks.methods import (
     MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget, fit_bucket_in_effect,
@@ -71,6 +72,7 @@ __all__ = [
     "Resources",
     "SuiteResult",
     "cell_hash",
+    "engine_defaults_warnings",
     "evaluate",
     "main",
     "main_cells",
@@ -81,7 +83,8 @@ __all__ = [
     "sweep_cells",
 ]
 
-#: Bump when a code change alters results, so cached cells are not reused.
+#: Bump when a code change alters results, so cached cells are not reused (engine
+#: constructor defaults are checked against a record: :mod:`benchmarks.engine_defaults`).
 BENCHMARK_VERSION = 1
 
 #: The few-shot suite (DBPedia is evaluated on its proxy test set).
@@ -860,7 +863,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--progress", action="store_true", help="show engine progress bars")
     parser.add_argument("--cached-only", action="store_true", help="run nothing: report the cached cells of the selection")
     parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
+    parser.add_argument("--record-engine-defaults", action="store_true",
+                        help="record the engines' constructor defaults under the current BENCHMARK_VERSION and exit")
     return parser.parse_args(argv)
+
+
+def _requirements(registry: Mapping[str, MethodSpec]) -> list[str]:
+    return [requirement for spec in registry.values() for requirement in spec.requires]
+
+
+def engine_defaults_warnings(registry: Mapping[str, MethodSpec], record: str | Path = engine_defaults.RECORD_PATH) -> list[str]:
+    """Why cached cells may be stale: engine defaults or version differ from ``record`` (empty: none).
+
+    Cell hashes do not cover the engines' constructor defaults; :mod:`benchmarks.engine_defaults`
+    records them instead. Each changed default gives one line, and a record made under another
+    :data:`BENCHMARK_VERSION` gives one.
+    """
+    version, recorded = engine_defaults.load_record(record)
+    lines = engine_defaults.changed_defaults(recorded, engine_defaults.current_defaults(_requirements(registry)))
+    if version != BENCHMARK_VERSION:
+        lines.insert(0, f"{record}: recorded under BENCHMARK_VERSION {version}, the code has {BENCHMARK_VERSION}")
+    return lines
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
@@ -897,6 +920,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{spec.name:15s} {spec.family:9s} budget={budget:11s} {spec.description}"
                   + ("" if ok else f"  [unavailable: {reason}]"))
         return 0
+    if args.record_engine_defaults:
+        defaults = engine_defaults.current_defaults(_requirements(registry))
+        print(f"recorded {len(defaults)} engines' defaults: {engine_defaults.write_record(BENCHMARK_VERSION, defaults)}")
+        return 0
+    stale = engine_defaults_warnings(registry)
+    if stale:
+        print("warning: engine defaults differ from those the cached cells were computed with; bump BENCHMARK_VERSION "
+              "if the change alters results, then rerun with --record-engine-defaults:\n  " + "\n  ".join(stale),
+              file=sys.stderr)
     try:
         config = config_from_args(args)
     except ValueError as err:

@@ -63,7 +63,7 @@ def chunk_sizes(monkeypatch) -> list[int]:
 # ---------------------------------------------------------------------- doctests
 
 
-@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput", "point_vs_posterior", "cma_elbo_drift", "length_buckets"])
+@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput", "point_vs_posterior", "cma_elbo_drift", "length_buckets", "engine_defaults"])
 def test_module_doctests(name):
     module = importlib.import_module(f"benchmarks.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

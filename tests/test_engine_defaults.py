@@ -1,0 +1,62 @@
+"""The engine-defaults record that guards the benchmark cache (``benchmarks/engine_defaults.py``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `benchmarks` is a top-level package of the repository, not installed
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import engine_defaults  # noqa: E402
+from benchmarks.methods import default_registry  # noqa: E402
+from benchmarks.run import BENCHMARK_VERSION, engine_defaults_warnings, main  # noqa: E402
+
+
+def test_record_matches_the_engines_and_version():
+    """Fails when an engine default changes without bumping BENCHMARK_VERSION and re-recording."""
+    assert engine_defaults_warnings(default_registry()) == []
+    version, recorded = engine_defaults.load_record()
+    assert version == BENCHMARK_VERSION
+    assert "bayesprompt.inference.smc:TemperedSMC" in recorded  # every available engine is recorded
+    assert recorded["bayesprompt.inference.smc:TemperedSMC"]["target_ess"] == "0.5"
+
+
+def test_a_changed_default_and_an_old_version_are_reported(tmp_path):
+    registry = default_registry()
+    _, recorded = engine_defaults.load_record()
+    recorded["bayesprompt.inference.smc:TemperedSMC"]["target_ess"] = "0.7"
+    del recorded["bayesprompt.inference.kalman:EKS"]["nugget"]
+    record = engine_defaults.write_record(BENCHMARK_VERSION - 1, recorded, tmp_path / "record.json")
+    lines = engine_defaults_warnings(registry, record)
+    assert lines == [
+        f"{record}: recorded under BENCHMARK_VERSION {BENCHMARK_VERSION - 1}, the code has {BENCHMARK_VERSION}",
+        "bayesprompt.inference.kalman:EKS: nugget <absent> -> 1e-08",
+        "bayesprompt.inference.smc:TemperedSMC: target_ess 0.7 -> 0.5",
+    ]
+
+
+def test_callable_defaults_are_named_without_addresses():
+    defaults = engine_defaults.current_defaults(["bayesprompt.inference.smc:ABCSMC", "no_such_module:Engine"])
+    assert list(defaults) == ["bayesprompt.inference.smc:ABCSMC"]  # an unimportable engine is left out
+    assert defaults["bayesprompt.inference.smc:ABCSMC"]["distance"] == "bayesprompt.inference.smc.abc.error_rate"
+    assert " at 0x" not in json.dumps(engine_defaults.current_defaults(r for s in default_registry().values() for r in s.requires))
+
+
+def test_unreadable_record_names_the_file(tmp_path):
+    bad = tmp_path / "record.json"
+    bad.write_text('{"defaults": {}}')
+    with pytest.raises(ValueError, match=r"record\.json: cannot read the engine-defaults record"):
+        engine_defaults.load_record(bad)
+
+
+def test_main_warns_about_stale_defaults(monkeypatch, capsys):
+    monkeypatch.setattr("benchmarks.run.engine_defaults_warnings", lambda registry: ["x:Engine: alpha 1 -> 2"])
+    assert main(["--config", "smoke", "--budgets", "0"]) == 2  # stops at the bad budget, after the warning
+    err = capsys.readouterr().err
+    assert "warning: engine defaults differ" in err and "x:Engine: alpha 1 -> 2" in err
+
