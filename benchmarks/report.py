@@ -32,7 +32,9 @@ __all__ = [
     "group_records",
     "markdown_report",
     "markdown_table",
+    "overview_table",
     "plot_budget_sweep",
+    "replace_between_markers",
     "sweep_table",
     "write_markdown",
 ]
@@ -128,6 +130,70 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def overview_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[str] | None = None) -> str:
+    """Methods x tasks, each cell ``metric / NLL (n)``: means over the ``n`` finished seeds.
+
+    The metric is the task's headline metric (accuracy; F1 on MRPC). In each column the
+    lowest mean NLL among black-box methods (all but white-box tuning) that have the
+    column's largest number of seeds is bold, so a method is only ranked against others
+    averaged over as many splits. Pass main-budget records only (one budget per method).
+
+    Examples
+    --------
+    >>> rows = [{"task": "rte", "method": m, "method_label": m.upper(), "seed": s, "status": "ok",
+    ...          "metric_name": "accuracy", "metric": 0.5, "nll": nll + s / 100}
+    ...         for m, nll in (("bbt", 0.75), ("smc", 0.70)) for s in (0, 1)]
+    >>> print(overview_table(rows + [{**rows[0], "method": "one", "method_label": "ONE", "nll": 0.1}]))
+    | Method | rte |
+    | --- | ---: |
+    | BBT | 0.500 / 0.755 (2) |
+    | SMC | 0.500 / **0.705** (2) |
+    | ONE | 0.500 / 0.100 (1) |
+    <BLANKLINE>
+    """
+    ok = [r for r in records if r.get("status") == "ok"]
+    tasks = list(dict.fromkeys(r["task"] for r in ok))
+    order = {name: i for i, name in enumerate(method_order or [])}
+    methods = sorted(dict.fromkeys(r["method"] for r in ok), key=lambda m: order.get(m, len(order)))
+    labels = {r["method"]: r.get("method_label", r["method"]) for r in ok}
+    groups = {(m, t): [r for r in ok if r["method"] == m and r["task"] == t] for m in methods for t in tasks}
+    best: dict[str, str] = {}
+    for task in tasks:
+        most = max(len(groups[(m, task)]) for m in methods)
+        ranked = [m for m in methods if len(groups[(m, task)]) == most and not any(map(_is_white_box, groups[(m, task)]))]
+        if ranked:
+            best[task] = min(ranked, key=lambda m: _mean([r["nll"] for r in groups[(m, task)]]))
+    lines = [_row(["Method", *map(_task_heading, tasks)]), _row(["---"] + ["---:"] * len(tasks))]
+    for method in methods:
+        cells = []
+        for task in tasks:
+            rows = groups[(method, task)]
+            if not rows:
+                cells.append("—")
+                continue
+            nll = f"{_mean([r['nll'] for r in rows]):.3f}"
+            cells.append(f"{_mean([r['metric'] for r in rows]):.3f} / {f'**{nll}**' if best.get(task) == method else nll} ({len(rows)})")
+        lines.append(_row([labels[method], *cells]))
+    return "\n".join(lines) + "\n"
+
+
+def replace_between_markers(text: str, replacement: str, name: str = "overview") -> str:
+    r"""``text`` with the lines between ``<!-- name:begin -->`` and ``<!-- name:end -->`` replaced.
+
+    Raises :class:`ValueError` naming the marker when either is missing or they are out of order.
+
+    Examples
+    --------
+    >>> replace_between_markers("a\n<!-- overview:begin -->\nold\n<!-- overview:end -->\nb\n", "new\n")
+    'a\n<!-- overview:begin -->\nnew\n<!-- overview:end -->\nb\n'
+    """
+    begin, end = f"<!-- {name}:begin -->\n", f"<!-- {name}:end -->"
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"markers {begin.strip()!r} and {end!r} not found in order")
+    return text[: start + len(begin)] + replacement + text[stop:]
+
+
 def sweep_table(records: Sequence[Mapping[str, Any]], task: str, method_order: Sequence[str] | None = None) -> str:
     """Budget sweep of one task: rows are methods, columns budgets, cells ``metric / NLL``."""
     mine = [r for r in records if r["task"] == task and r.get("budget_policy") == "common"]
@@ -182,6 +248,7 @@ def markdown_report(
     parts = ["## Results", ""]
     if config is not None:
         parts += [_settings_line(config), ""]
+    parts += ["### Overview: metric / NLL (seeds) per task", "", overview_table(main, method_order)]
     for task in dict.fromkeys(r["task"] for r in main):
         parts.append(markdown_table(main, task, method_order))
     parts += ["### Coverage: seeds finished per method and task (main budgets)", "", _coverage_table(main, method_order)]
@@ -272,7 +339,7 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     cells = [label, budget, format_mean_sd([r["metric"] for r in ok])]
     cells += [format_mean_sd([r.get(key) for r in ok], digits) for _, key, digits in _COLUMNS]
     calls = [r.get("api_calls") for r in ok if r.get("api_calls") is not None]
-    gradient = [r["summary"]["backward_passes"] for r in ok if "backward_passes" in (r.get("summary") or {})]
+    gradient = [r["summary"]["backward_passes"] for r in ok if _is_white_box(r)]
     if gradient:  # white-box: no API calls, report the gradient steps instead
         cells.append(f"{_mean(gradient):.0f} grad steps")
     else:
@@ -288,6 +355,15 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     marks += [f"{failed} failed"] if failed else []
     cells.append(f"{len(ok)}" + (f" ({', '.join(marks)})" if marks else ""))
     return cells
+
+
+def _task_heading(task: str) -> str:
+    return {"mrpc": "mrpc (F1)", "dbpedia": "dbpedia (proxy test)"}.get(task, task)
+
+
+def _is_white_box(record: Mapping[str, Any]) -> bool:
+    """Whether the record's method had gradient access (it reports backward passes)."""
+    return "backward_passes" in (record.get("summary") or {})
 
 
 def _partly_chunked(record: Mapping[str, Any]) -> bool:

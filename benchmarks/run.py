@@ -71,6 +71,7 @@ __all__ = [
     "CellCache",
     "Resources",
     "SuiteResult",
+    "cached_main_records",
     "cell_hash",
     "engine_defaults_warnings",
     "evaluate",
@@ -81,6 +82,7 @@ __all__ = [
     "run_cell",
     "run_suite",
     "sweep_cells",
+    "write_overview",
 ]
 
 #: Bump when a code change alters results, so cached cells are not reused (engine
@@ -618,6 +620,14 @@ class CellCache:
                 records.append(record)
         return records
 
+    def lookup(self, cell: Cell, digest: str, spec: MethodSpec) -> tuple[dict[str, Any] | None, str | None]:
+        """``(record, "cached")``, ``(record, "reused")`` (:func:`reusable_record`, not saved) or ``(None, None)``."""
+        cached = self.load(cell, digest)
+        if cached is not None:
+            return cached, "cached"
+        reused = reusable_record(cell, spec, self.siblings(cell, digest))
+        return (reused, "reused") if reused is not None else (None, None)
+
     def save(self, record: dict[str, Any], cell: Cell, digest: str) -> None:
         """Write ``record`` atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -725,19 +735,18 @@ def run_suite(
         spec = registry[cell.method]
         digest = cell_hash(config, cell)
         base = _base_record(config, cell, spec, digest)
-        cached = cache.load(cell, digest)
-        if cached is not None:
+        found, how = cache.lookup(cell, digest, spec)
+        if how == "cached":
             result.cache_hits += 1
-            result.records.append(cached)
+            result.records.append(found)
             say(f"[{index}/{len(cells)}] {_name(cell)}: cached")
             continue
-        reused = reusable_record(cell, spec, cache.siblings(cell, digest))
-        if reused is not None:
-            cache.save(reused, cell, digest)
+        if how == "reused":
+            cache.save(found, cell, digest)
             result.reused += 1
-            result.records.append(reused)
-            say(f"[{index}/{len(cells)}] {_name(cell)}: same run as budget {reused['reused_from_budget']} "
-                f"(stopped by itself at {reused['api_calls']} calls)")
+            result.records.append(found)
+            say(f"[{index}/{len(cells)}] {_name(cell)}: same run as budget {found['reused_from_budget']} "
+                f"(stopped by itself at {found['api_calls']} calls)")
             continue
         saved = cache.saved_work(cell, digest)
         if cached_only:
@@ -777,6 +786,17 @@ def run_suite(
         if task in config.sweep_tasks and len({r["budget"] for r in sweep if r.get("budget_policy") == "common"}) > 1:
             result.outputs[f"sweep_{task}"] = str(plot_budget_sweep(sweep, out / f"budget_sweep_{task}.png", task=task))
     return result
+
+
+def cached_main_records(config: BenchmarkConfig, cells: str | Path, registry: Mapping[str, MethodSpec] | None = None) -> list[dict[str, Any]]:
+    """The records of ``config``'s main grid found in the folder ``cells`` (cached or reusable), in grid order.
+
+    Reads only; what :func:`run_suite` with ``cached_only=True`` reports for the main grid.
+    """
+    registry = dict(default_registry() if registry is None else registry)
+    cache = CellCache(cells)
+    found = (cache.lookup(cell, cell_hash(config, cell), registry[cell.method]) for cell in main_cells(config, registry))
+    return [record for record, _ in found if record is not None]
 
 
 def _base_record(config: BenchmarkConfig, cell: Cell, spec: MethodSpec, digest: str) -> dict[str, Any]:
@@ -863,6 +883,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--progress", action="store_true", help="show engine progress bars")
     parser.add_argument("--cached-only", action="store_true", help="run nothing: report the cached cells of the selection")
     parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
+    parser.add_argument("--readme", metavar="PATH",
+                        help="also write the overview table of the main grid's cached cells into PATH, between the lines "
+                             "<!-- overview:begin --> and <!-- overview:end -->")
     parser.add_argument("--record-engine-defaults", action="store_true",
                         help="record the engines' constructor defaults under the current BENCHMARK_VERSION and exit")
     return parser.parse_args(argv)
@@ -957,9 +980,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.outputs["throughput"] = str(write_throughput(rows, Path(args.out)))
     print(f"{len(result.records)} cells: {result.ran} ran, {result.cache_hits} cached, {result.reused} reused, {result.errors} errors, "
           f"{result.unavailable} unavailable, {result.not_run} not run; {time.perf_counter() - started:.1f}s")
+    if args.readme:
+        try:
+            write_overview(args.readme, config, Path(args.out) / "cells", registry)
+        except (OSError, ValueError) as err:
+            print(f"error: {args.readme}: {err}", file=sys.stderr)
+            return 2
+        result.outputs["readme"] = args.readme
     for name, path in result.outputs.items():
         print(f"{name}: {path}")
     return 0
+
+
+def write_overview(readme: str | Path, config: BenchmarkConfig, cells: str | Path, registry: Mapping[str, MethodSpec]) -> None:
+    """Replace the overview table in ``readme`` by the one of ``config``'s main grid in ``cells``."""
+    from benchmarks.report import overview_table, replace_between_markers
+
+    path = Path(readme)
+    table = overview_table(cached_main_records(config, cells, registry), list(registry))
+    path.write_text(replace_between_markers(path.read_text(), table))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,9 +22,12 @@ if str(REPO) not in sys.path:  # `benchmarks` is a top-level package of the repo
     sys.path.insert(0, str(REPO))
 
 from benchmarks.methods import MethodSpec, default_registry  # noqa: E402
-from benchmarks.report import format_mean_sd, markdown_report, markdown_table, plot_budget_sweep  # noqa: E402
+from benchmarks.report import (  # noqa: E402
+    format_mean_sd, markdown_report, markdown_table, overview_table, plot_budget_sweep, replace_between_markers,
+)
 from benchmarks.run import (  # noqa: E402
-    BenchmarkConfig, Cell, cell_hash, config_from_args, main, main_cells, parse_args, preset, run_suite, sweep_cells,
+    BenchmarkConfig, Cell, cached_main_records, cell_hash, config_from_args, main, main_cells, parse_args, preset, run_suite,
+    sweep_cells, write_overview,
 )
 from benchmarks.throughput import measure, write_throughput  # noqa: E402
 from benchmarks.whitebox import WhiteBoxConfig, differentiable_scores, train_prompt  # noqa: E402
@@ -378,6 +381,39 @@ def test_the_committed_cells_are_found_by_the_current_cache_keys():
         task, method, seed, budget, digest = path.stem.split("__")
         cell = Cell(task, method, int(seed.removeprefix("seed")), None if budget == "budgetnone" else int(budget.removeprefix("budget")))
         assert cell.filename(cell_hash(config, cell)) == path.name
+
+
+def test_the_readme_overview_is_the_committed_cells_table():
+    """README.md's overview table is what the committed cells give today (regenerate with ``--readme``)."""
+    cells = REPO / "benchmarks" / "results" / "cells"
+    if not any(cells.glob("*.json")):
+        pytest.skip("no committed benchmark cells")
+    registry = default_registry()
+    table = overview_table(cached_main_records(preset("full"), cells, registry), list(registry))
+    readme = (REPO / "README.md").read_text()
+    assert replace_between_markers(readme, table) == readme, (
+        "README.md's overview is stale: run `python -m benchmarks.run --cached-only --readme README.md`")
+
+
+def test_cached_main_records_are_what_a_cached_only_run_reports(tmp_path, data_dir, capsys):
+    config = fake_config(data_dir, methods=("zero-shot", "smc", "eki"), budgets=(200,))
+    run_suite(config, tmp_path, log=None)
+    wider = dataclasses.replace(config, methods=("zero-shot", "smc", "eki", "bbt"), budgets=(300,))  # SMC and EKI reusable
+    found = cached_main_records(wider, tmp_path / "cells")
+    assert [(r["method"], r["budget"]) for r in found] == [("zero-shot", None), ("smc", 300), ("eki", 300)]
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 3  # read only: the reusable records were not saved
+    assert found == run_suite(wider, tmp_path, log=None, cached_only=True, include_sweep=False).records
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- overview:begin -->\nold\n<!-- overview:end -->\nafter\n")
+    write_overview(readme, wider, tmp_path / "cells", default_registry())
+    lines = readme.read_text().splitlines()
+    assert lines[:3] == ["# x", "<!-- overview:begin -->", "| Method | sst2 |"] and lines[-2:] == ["<!-- overview:end -->", "after"]
+    assert [line.split(" | ")[0] for line in lines[4:-2]] == ["| Zero-shot (no prompt)", "| Tempered SMC", "| EKI"]
+
+    readme.write_text("no markers\n")
+    assert main(["--config", "smoke", "--cached-only", "--data-dir", data_dir, "--out", str(tmp_path / "cli"), "--readme", str(readme)]) == 2
+    assert "README.md: markers '<!-- overview:begin -->' and '<!-- overview:end -->' not found" in capsys.readouterr().err
 
 
 def test_command_line_lists_methods_and_rejects_bad_options(capsys, tmp_path):
