@@ -81,10 +81,12 @@ def current_defaults(requirements: Iterable[str]) -> dict[str, dict[str, str]]:
 def changed_defaults(recorded: Mapping[str, Mapping[str, str]], current: Mapping[str, Mapping[str, str]]) -> list[str]:
     """One line per default that differs between ``recorded`` and ``current`` (empty: none).
 
-    Only requirements present in both are compared, parameter by parameter; a parameter
-    added or removed shows as ``<absent>`` on the missing side.
+    Requirements present in both are compared parameter by parameter (a parameter added or
+    removed shows as ``<absent>`` on the missing side); one in ``current`` but not in
+    ``recorded`` (a new engine) gives a ``not recorded`` line. One recorded but not current
+    is not reported: it does not import here, so its methods cannot run.
     """
-    lines = []
+    lines = [f"{requirement}: not recorded" for requirement in sorted(set(current) - set(recorded))]
     for requirement in sorted(set(recorded) & set(current)):
         before, after = recorded[requirement], current[requirement]
         for name in sorted(set(before) | set(after)):

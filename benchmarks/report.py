@@ -105,7 +105,7 @@ def markdown_table(
         return "_no records_\n"
     task = task if task is not None else records[0]["task"]
     mine = [r for r in records if r["task"] == task]
-    metric_name = next((r["metric_name"] for r in mine if r.get("status") == "ok"), "f1" if task == "mrpc" else "accuracy")
+    metric_name = _metric_name(mine, task)
     heading = f"### {task}{' (proxy test set)' if task == 'dbpedia' else ''}"
     notes = _test_note(mine)
     headers = ["Method", "Budget", "F1" if metric_name == "f1" else "Accuracy", *[h for h, _, _ in _COLUMNS], "Calls", "Fit time (s)", "Seeds"]
@@ -134,13 +134,14 @@ def overview_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[
     """Methods x tasks, each cell ``metric / NLL (n)``: means over the ``n`` finished seeds.
 
     The metric is the task's headline metric (accuracy; F1 on MRPC). In each column the
-    lowest mean NLL among black-box methods (all but white-box tuning) that have the
-    column's largest number of seeds is bold, so a method is only ranked against others
-    averaged over as many splits. Pass main-budget records only (one budget per method).
+    lowest mean NLL (to the three digits shown) among black-box methods (all but white-box
+    tuning) with the largest number of seeds any black-box method has there is bold, so a
+    method is only ranked against others averaged over as many splits; ties are all bold.
+    A method with records at several budgets gets one row per budget.
 
     Examples
     --------
-    >>> rows = [{"task": "rte", "method": m, "method_label": m.upper(), "seed": s, "status": "ok",
+    >>> rows = [{"task": "rte", "method": m, "method_label": m.upper(), "seed": s, "budget": 2000, "status": "ok",
     ...          "metric_name": "accuracy", "metric": 0.5, "nll": nll + s / 100}
     ...         for m, nll in (("bbt", 0.75), ("smc", 0.70)) for s in (0, 1)]
     >>> print(overview_table(rows + [{**rows[0], "method": "one", "method_label": "ONE", "nll": 0.1}]))
@@ -152,46 +153,58 @@ def overview_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[
     <BLANKLINE>
     """
     ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return "_no records_\n"
     tasks = list(dict.fromkeys(r["task"] for r in ok))
-    order = {name: i for i, name in enumerate(method_order or [])}
-    methods = sorted(dict.fromkeys(r["method"] for r in ok), key=lambda m: order.get(m, len(order)))
-    labels = {r["method"]: r.get("method_label", r["method"]) for r in ok}
-    groups = {(m, t): [r for r in ok if r["method"] == m and r["task"] == t] for m in methods for t in tasks}
-    best: dict[str, str] = {}
+    methods, labels = _ordered_methods(ok, method_order)
+    budgets = {m: sorted({r.get("budget") for r in ok if r["method"] == m}, key=_budget_sort) for m in methods}
+    rows = [(m, b) for m in methods for b in budgets[m]]
+    groups = {(row, t): [r for r in ok if (r["method"], r.get("budget")) == row and r["task"] == t] for row in rows for t in tasks}
+    nll = {key: f"{_mean([r['nll'] for r in group]):.3f}" for key, group in groups.items() if group}
+    bold: set[tuple[tuple[str, Any], str]] = set()
     for task in tasks:
-        most = max(len(groups[(m, task)]) for m in methods)
-        ranked = [m for m in methods if len(groups[(m, task)]) == most and not any(map(_is_white_box, groups[(m, task)]))]
-        if ranked:
-            best[task] = min(ranked, key=lambda m: _mean([r["nll"] for r in groups[(m, task)]]))
-    lines = [_row(["Method", *map(_task_heading, tasks)]), _row(["---"] + ["---:"] * len(tasks))]
-    for method in methods:
+        black_box = [row for row in rows if groups[(row, task)] and not any(map(_is_white_box, groups[(row, task)]))]
+        most = max((len(groups[(row, task)]) for row in black_box), default=0)
+        ranked = [row for row in black_box if len(groups[(row, task)]) == most]
+        lowest = min((float(nll[(row, task)]) for row in ranked), default=math.nan)
+        bold |= {(row, task) for row in ranked if float(nll[(row, task)]) == lowest}
+    lines = [_row(["Method", *[_task_heading(ok, t) for t in tasks]]), _row(["---"] + ["---:"] * len(tasks))]
+    for row in rows:
         cells = []
         for task in tasks:
-            rows = groups[(method, task)]
-            if not rows:
+            group = groups[(row, task)]
+            if not group:
                 cells.append("—")
                 continue
-            nll = f"{_mean([r['nll'] for r in rows]):.3f}"
-            cells.append(f"{_mean([r['metric'] for r in rows]):.3f} / {f'**{nll}**' if best.get(task) == method else nll} ({len(rows)})")
-        lines.append(_row([labels[method], *cells]))
+            shown = f"**{nll[(row, task)]}**" if (row, task) in bold else nll[(row, task)]
+            cells.append(f"{_mean([r['metric'] for r in group]):.3f} / {shown} ({len(group)})")
+        method, budget = row
+        lines.append(_row([labels[method] + (f" ({budget} calls)" if len(budgets[method]) > 1 else ""), *cells]))
     return "\n".join(lines) + "\n"
 
 
 def replace_between_markers(text: str, replacement: str, name: str = "overview") -> str:
-    r"""``text`` with the lines between ``<!-- name:begin -->`` and ``<!-- name:end -->`` replaced.
+    r"""``text`` with the lines between the line ``<!-- name:begin -->`` and ``<!-- name:end -->`` replaced.
 
-    Raises :class:`ValueError` naming the marker when either is missing or they are out of order.
+    ``replacement`` (lines ending in ``\n``) takes the newline style of the begin line.
+    Raises :class:`ValueError` naming the markers when the begin line (with its newline)
+    is missing or no end marker follows it.
 
     Examples
     --------
     >>> replace_between_markers("a\n<!-- overview:begin -->\nold\n<!-- overview:end -->\nb\n", "new\n")
     'a\n<!-- overview:begin -->\nnew\n<!-- overview:end -->\nb\n'
+    >>> replace_between_markers("<!-- t:begin -->\r\nold\r\n<!-- t:end -->\r\n", "x\ny\n", name="t")
+    '<!-- t:begin -->\r\nx\r\ny\r\n<!-- t:end -->\r\n'
     """
-    begin, end = f"<!-- {name}:begin -->\n", f"<!-- {name}:end -->"
-    start, stop = text.find(begin), text.find(end)
-    if start < 0 or stop < start:
-        raise ValueError(f"markers {begin.strip()!r} and {end!r} not found in order")
-    return text[: start + len(begin)] + replacement + text[stop:]
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    start = text.find(begin)
+    body = text.find("\n", start) + 1 if start >= 0 else 0  # just after the begin line
+    stop = text.find(end, body) if body > 0 else -1
+    if stop < 0:
+        raise ValueError(f"markers {begin!r} and {end!r} not found in order, each on its own line")
+    newline = "\r\n" if text[body - 2:body] == "\r\n" else "\n"
+    return text[:body] + replacement.replace("\n", newline) + text[stop:]
 
 
 def sweep_table(records: Sequence[Mapping[str, Any]], task: str, method_order: Sequence[str] | None = None) -> str:
@@ -200,10 +213,8 @@ def sweep_table(records: Sequence[Mapping[str, Any]], task: str, method_order: S
     budgets = sorted({r["budget"] for r in mine if r.get("budget") is not None})
     if not budgets:
         return ""
-    metric_name = next((r["metric_name"] for r in mine if r.get("status") == "ok"), "accuracy")
-    order = {name: i for i, name in enumerate(method_order or [])}
-    methods = sorted(dict.fromkeys(r["method"] for r in mine), key=lambda m: order.get(m, len(order)))
-    labels = {r["method"]: r.get("method_label", r["method"]) for r in mine}
+    metric_name = _metric_name(mine, task)
+    methods, labels = _ordered_methods(mine, method_order)
     lines = [
         f"### Budget sweep: {task} ({metric_name} / NLL, mean over seeds)",
         "",
@@ -357,8 +368,24 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return cells
 
 
-def _task_heading(task: str) -> str:
-    return {"mrpc": "mrpc (F1)", "dbpedia": "dbpedia (proxy test)"}.get(task, task)
+def _task_heading(records: Sequence[Mapping[str, Any]], task: str) -> str:
+    """``task``, with ``(F1)`` where its records' metric is F1 and ``(proxy test)`` for DBPedia."""
+    notes = (["F1"] if _metric_name(records, task) == "f1" else []) + (["proxy test"] if task == "dbpedia" else [])
+    return f"{task} ({', '.join(notes)})" if notes else task
+
+
+def _metric_name(records: Sequence[Mapping[str, Any]], task: str) -> str:
+    """The headline metric of ``task``'s finished records (``f1`` for MRPC when none finished)."""
+    return next((r["metric_name"] for r in records if r["task"] == task and r.get("status") == "ok"),
+                "f1" if task == "mrpc" else "accuracy")
+
+
+def _ordered_methods(records: Iterable[Mapping[str, Any]], method_order: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
+    """The records' methods in ``method_order`` (unlisted ones last, by first appearance) and their labels."""
+    records = list(records)
+    order = {name: i for i, name in enumerate(method_order or [])}
+    methods = sorted(dict.fromkeys(r["method"] for r in records), key=lambda m: order.get(m, len(order)))
+    return methods, {r["method"]: r.get("method_label", r["method"]) for r in records}
 
 
 def _is_white_box(record: Mapping[str, Any]) -> bool:
@@ -374,9 +401,7 @@ def _partly_chunked(record: Mapping[str, Any]) -> bool:
 def _coverage_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[str] | None) -> str:
     """Methods x tasks: how many seeds finished (``—``: none), so gaps in the suite are visible."""
     tasks = list(dict.fromkeys(r["task"] for r in records))
-    order = {name: i for i, name in enumerate(method_order or [])}
-    methods = sorted(dict.fromkeys(r["method"] for r in records), key=lambda m: order.get(m, len(order)))
-    labels = {r["method"]: r.get("method_label", r["method"]) for r in records}
+    methods, labels = _ordered_methods(records, method_order)
     lines = [_row(["Method", *tasks]), _row(["---"] + ["---:"] * len(tasks))]
     for method in methods:
         counts = [len({r["seed"] for r in records if r["method"] == method and r["task"] == task and r.get("status") == "ok"})
@@ -389,9 +414,8 @@ def _ood_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[str]
     pairs = list(dict.fromkeys((r["task"], name) for r in records if r.get("status") == "ok" for name in (r.get("ood") or {})))
     if not pairs:
         return ""
-    order = {name: i for i, name in enumerate(method_order or [])}
-    methods = sorted(dict.fromkeys(r["method"] for r in records if r.get("status") == "ok"), key=lambda m: order.get(m, len(order)))
-    labels = {r["method"]: r.get("method_label", r["method"]) for r in records}
+    methods, _ = _ordered_methods([r for r in records if r.get("status") == "ok"], method_order)
+    _, labels = _ordered_methods(records, method_order)
     lines = [_row(["Method", *[f"{t} → {o}" for t, o in pairs]]), _row(["---"] + ["---:"] * len(pairs))]
     for method in methods:
         cells = []

@@ -947,7 +947,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         defaults = engine_defaults.current_defaults(_requirements(registry))
         print(f"recorded {len(defaults)} engines' defaults: {engine_defaults.write_record(BENCHMARK_VERSION, defaults)}")
         return 0
-    stale = engine_defaults_warnings(registry)
+    try:
+        stale = engine_defaults_warnings(registry)
+    except ValueError as err:
+        stale = [f"cannot check: {err}"]
     if stale:
         print("warning: engine defaults differ from those the cached cells were computed with; bump BENCHMARK_VERSION "
               "if the change alters results, then rerun with --record-engine-defaults:\n  " + "\n  ".join(stale),
@@ -998,7 +1001,7 @@ def write_overview(readme: str | Path, config: BenchmarkConfig, cells: str | Pat
 
     path = Path(readme)
     table = overview_table(cached_main_records(config, cells, registry), list(registry))
-    path.write_text(replace_between_markers(path.read_text(), table))
+    path.write_bytes(replace_between_markers(path.read_bytes().decode(), table).encode())  # keeps the file's newlines
 
 
 if __name__ == "__main__":  # pragma: no cover

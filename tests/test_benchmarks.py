@@ -468,6 +468,29 @@ def test_markdown_table_formatting_on_synthetic_records():
     assert format_mean_sd([0.1, float("nan"), None, 0.3]) == "0.200 ± 0.141"
 
 
+def test_overview_table_ranks_black_box_methods_over_equal_seeds():
+    white_box = {"summary": {"backward_passes": 70}}
+    records = [
+        *(synthetic("mrpc", "white", s, 0.9, budget=None, policy="none", nll=0.1, **white_box) for s in (0, 1, 2)),
+        *(synthetic("mrpc", "bbt", s, 0.6, nll=0.70) for s in (0, 1)),
+        *(synthetic("mrpc", "smc", s, 0.5, nll=0.7001) for s in (0, 1)),  # ties BBT to three digits
+        synthetic("mrpc", "eki", 0, 0.4, nll=0.2),  # lower, but one seed
+        *(synthetic("mrpc", "smc", s, 0.55, budget=500, nll=0.8) for s in (0, 1)),
+        synthetic("dbpedia", "bbt", 0, 0.8, nll=0.4),
+        {**synthetic("dbpedia", "smc", 0, 0.0), "status": "error", "error": "x"},
+    ]
+    lines = overview_table(records, method_order=["white", "bbt", "smc", "eki"]).splitlines()
+    assert lines[:2] == ["| Method | mrpc (F1) | dbpedia (proxy test) |", "| --- | ---: | ---: |"]
+    assert lines[2:] == [
+        "| WHITE | 0.900 / 0.100 (3) | — |",  # white-box: more seeds and lower NLL, but not ranked
+        "| BBT | 0.600 / **0.700** (2) | 0.800 / **0.400** (1) |",
+        "| SMC (500 calls) | 0.550 / 0.800 (2) | — |",  # one row per budget, failed cells left out
+        "| SMC (2000 calls) | 0.500 / **0.700** (2) | — |",
+        "| EKI | 0.400 / 0.200 (1) | — |",
+    ]
+    assert overview_table([{**records[0], "status": "error"}]) == "_no records_\n"
+
+
 def test_markdown_table_marks_seeds_scored_in_length_buckets():
     plain = [synthetic("sst2", "smc", 0, 0.7), synthetic("sst2", "smc", 1, 0.8, evaluation_length_bucket=None)]
     table = markdown_table(plain, "sst2")

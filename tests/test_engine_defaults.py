@@ -22,7 +22,8 @@ def test_record_matches_the_engines_and_version():
     assert engine_defaults_warnings(default_registry()) == []
     version, recorded = engine_defaults.load_record()
     assert version == BENCHMARK_VERSION
-    assert "bayesprompt.inference.smc:TemperedSMC" in recorded  # every available engine is recorded
+    requirements = [r for spec in default_registry().values() for r in spec.requires]
+    assert set(recorded) == set(engine_defaults.current_defaults(requirements))  # every engine, nothing else
     assert recorded["bayesprompt.inference.smc:TemperedSMC"]["target_ess"] == "0.5"
 
 
@@ -31,10 +32,12 @@ def test_a_changed_default_and_an_old_version_are_reported(tmp_path):
     _, recorded = engine_defaults.load_record()
     recorded["bayesprompt.inference.smc:TemperedSMC"]["target_ess"] = "0.7"
     del recorded["bayesprompt.inference.kalman:EKS"]["nugget"]
+    del recorded["bayesprompt.inference.kalman:EKI"]
     record = engine_defaults.write_record(BENCHMARK_VERSION - 1, recorded, tmp_path / "record.json")
     lines = engine_defaults_warnings(registry, record)
     assert lines == [
         f"{record}: recorded under BENCHMARK_VERSION {BENCHMARK_VERSION - 1}, the code has {BENCHMARK_VERSION}",
+        "bayesprompt.inference.kalman:EKI: not recorded",
         "bayesprompt.inference.kalman:EKS: nugget <absent> -> 1e-08",
         "bayesprompt.inference.smc:TemperedSMC: target_ess 0.7 -> 0.5",
     ]
@@ -52,6 +55,15 @@ def test_unreadable_record_names_the_file(tmp_path):
     bad.write_text('{"defaults": {}}')
     with pytest.raises(ValueError, match=r"record\.json: cannot read the engine-defaults record"):
         engine_defaults.load_record(bad)
+
+
+def test_main_warns_when_the_record_cannot_be_read(monkeypatch, capsys):
+    def unreadable(registry):
+        raise ValueError("engine_defaults.json: cannot read the engine-defaults record")
+
+    monkeypatch.setattr("benchmarks.run.engine_defaults_warnings", unreadable)
+    assert main(["--config", "smoke", "--budgets", "0"]) == 2
+    assert "cannot check: engine_defaults.json: cannot read" in capsys.readouterr().err
 
 
 def test_main_warns_about_stale_defaults(monkeypatch, capsys):
