@@ -10,7 +10,10 @@ One command runs the few-shot suite (``python -m benchmarks.run``); see
   the model's differentiable forward;
 * :mod:`benchmarks.run` -- configurations, the per-cell runner with its on-disk cache,
   and the command line;
-* :mod:`benchmarks.report` -- the markdown table and the budget-sweep plots;
+* :mod:`benchmarks.report` -- the overview and per-task markdown tables and the
+  budget-sweep plots;
+* :mod:`benchmarks.engine_defaults` -- the recorded engine constructor defaults that flag
+  cached cells a default change may have made stale;
 * :mod:`benchmarks.throughput` -- black-box scoring throughput inside an engine loop vs a
   bare batched forward.
 """

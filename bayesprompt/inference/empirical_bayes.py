@@ -1,7 +1,8 @@
 """Empirical Bayes: centre the prompt prior on a prompt tuned on the dev split.
 
 The default prior ``z ~ N(0, s^2 I)`` puts the useful prompt directions of some tasks
-tens of prior standard deviations out (see the README's AG News diagnosis): a few
+tens of prior standard deviations out (see the AG News diagnosis in the repository's
+``benchmarks/FINDINGS.md``): a few
 nats of likelihood cannot pay for them, so the posterior stays near the zero-shot
 model. :func:`fit_dev_centre` spends a share of the budget on BBT's CMA-ES over the
 **dev** log-likelihood; :meth:`DevCentre.prior` is then ``N(z_dev, s^2 I)`` for the
