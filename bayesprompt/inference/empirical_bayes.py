@@ -2,9 +2,8 @@
 
 The default prior ``z ~ N(0, s^2 I)`` puts the useful prompt directions of some tasks
 tens of prior standard deviations out (see the AG News diagnosis in the repository's
-``benchmarks/FINDINGS.md``): a few
-nats of likelihood cannot pay for them, so the posterior stays near the zero-shot
-model. :func:`fit_dev_centre` spends a share of the budget on BBT's CMA-ES over the
+``benchmarks/FINDINGS.md``): a few nats of likelihood cannot pay for them, so the
+posterior stays near the zero-shot model. :func:`fit_dev_centre` spends a share of the budget on BBT's CMA-ES over the
 **dev** log-likelihood; :meth:`DevCentre.prior` is then ``N(z_dev, s^2 I)`` for the
 posterior on the **training** split. Each split informs one stage only, so the
 training likelihood is not counted twice.
