@@ -945,7 +945,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.record_engine_defaults:
         defaults = engine_defaults.current_defaults(_requirements(registry))
-        print(f"recorded {len(defaults)} engines' defaults: {engine_defaults.write_record(BENCHMARK_VERSION, defaults)}")
+        path = engine_defaults.write_record(BENCHMARK_VERSION, defaults, engine_defaults.RECORD_PATH)
+        print(f"recorded {len(defaults)} engines' defaults: {path}")
         return 0
     try:
         stale = engine_defaults_warnings(registry)

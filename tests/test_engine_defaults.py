@@ -72,3 +72,10 @@ def test_main_warns_about_stale_defaults(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "warning: engine defaults differ" in err and "x:Engine: alpha 1 -> 2" in err
 
+
+def test_record_command_writes_the_current_defaults(monkeypatch, tmp_path, capsys):
+    record = tmp_path / "engine_defaults.json"
+    monkeypatch.setattr(engine_defaults, "RECORD_PATH", record)
+    assert main(["--record-engine-defaults"]) == 0
+    assert f"engines' defaults: {record}" in capsys.readouterr().out
+    assert engine_defaults.load_record(record) == engine_defaults.load_record()  # the committed record is current
