@@ -414,8 +414,8 @@ def _ood_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[str]
     pairs = list(dict.fromkeys((r["task"], name) for r in records if r.get("status") == "ok" for name in (r.get("ood") or {})))
     if not pairs:
         return ""
-    methods, _ = _ordered_methods([r for r in records if r.get("status") == "ok"], method_order)
-    _, labels = _ordered_methods(records, method_order)
+    methods, labels = _ordered_methods(records, method_order)
+    methods = [m for m in methods if any(r["method"] == m and r.get("status") == "ok" for r in records)]
     lines = [_row(["Method", *[f"{t} → {o}" for t, o in pairs]]), _row(["---"] + ["---:"] * len(pairs))]
     for method in methods:
         cells = []
