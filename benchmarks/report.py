@@ -106,7 +106,7 @@ def markdown_table(
     task = task if task is not None else records[0]["task"]
     mine = [r for r in records if r["task"] == task]
     metric_name = _metric_name(mine, task)
-    heading = f"### {task}{' (proxy test set)' if task == 'dbpedia' else ''}"
+    heading = f"### {task}{' (proxy test)' if _on_proxy_test(mine) else ''}"
     notes = _test_note(mine)
     headers = ["Method", "Budget", "F1" if metric_name == "f1" else "Accuracy", *[h for h, _, _ in _COLUMNS], "Calls", "Fit time (s)", "Seeds"]
     lines = [heading + (f" — {notes}" if notes else ""), "", _row(headers), _row(["---"] + ["---:"] * (len(headers) - 1))]
@@ -369,9 +369,16 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _task_heading(records: Sequence[Mapping[str, Any]], task: str) -> str:
-    """``task``, with ``(F1)`` where its records' metric is F1 and ``(proxy test)`` for DBPedia."""
-    notes = (["F1"] if _metric_name(records, task) == "f1" else []) + (["proxy test"] if task == "dbpedia" else [])
+    """``task``, with ``(F1)`` where its records' metric is F1 and ``(proxy test)`` where they
+    were scored on a proxy test set."""
+    mine = [r for r in records if r["task"] == task]
+    notes = (["F1"] if _metric_name(mine, task) == "f1" else []) + (["proxy test"] if _on_proxy_test(mine) else [])
     return f"{task} ({', '.join(notes)})" if notes else task
+
+
+def _on_proxy_test(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the finished ``records`` were scored on a proxy test set (see ``load_split``)."""
+    return any((r.get("test") or {}).get("split") == "proxy_test" for r in records if r.get("status") == "ok")
 
 
 def _metric_name(records: Sequence[Mapping[str, Any]], task: str) -> str:
@@ -431,7 +438,7 @@ def _test_note(records: Sequence[Mapping[str, Any]]) -> str:
     info = next((r["test"] for r in records if r.get("status") == "ok" and r.get("test")), None)
     if not info:
         return ""
-    split = "proxy test set (held-out train rows)" if info.get("split") == "proxy_test" else "test set"
+    split = "proxy test set (held-out train rows)" if _on_proxy_test(records) else "test set"
     if info.get("subsample_seed") is not None:
         size = f"{info['size']} of {info['total']} examples (class-balanced subsample, seed {info['subsample_seed']})"
     else:

@@ -54,7 +54,7 @@ from benchmarks.checkpoint import STEP_CHECKPOINTS, load_fit, save_fit
 from benchmarks.methods import (
     MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget, fit_bucket_in_effect,
 )
-from bayesprompt.data import TASKS, balanced_subsample, few_shot_split, get_task, load_split
+from bayesprompt.data import TASKS, balanced_subsample, few_shot_split, get_task, load_jsonl, load_split, split_path
 from bayesprompt.data.task import Example, Task
 from bayesprompt.lm import Meter, load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
@@ -377,12 +377,13 @@ class Resources:
         name = source or task.name
         if (task.name, name) not in self._batches:
             other = get_task(name)
-            examples = load_split(other, "test", self.config.data_dir, allow_proxy=True)
+            path = split_path(other, "test", self.config.data_dir, allow_proxy=True)
+            examples = load_jsonl(path, other)
             size = self.config.test_size if source is None else self.config.ood_size
             chosen = examples if size is None else balanced_subsample(examples, other.num_classes, size, seed=self.config.test_seed)
             info = {
                 "task": name,
-                "split": "proxy_test" if name == "dbpedia" else "test",
+                "split": path.stem,
                 "size": len(chosen),
                 "total": len(examples),
                 "subsample_seed": self.config.test_seed if len(chosen) < len(examples) else None,

@@ -464,7 +464,10 @@ def test_markdown_table_formatting_on_synthetic_records():
 
     mrpc = markdown_table([synthetic("mrpc", "smc", 0, 0.81)], "mrpc")
     assert "| F1 |" in mrpc and "| Accuracy |" not in mrpc
-    assert markdown_table([synthetic("dbpedia", "smc", 0, 0.9)]).startswith("### dbpedia (proxy test set) — proxy test set")
+    assert markdown_table([synthetic("dbpedia", "smc", 0, 0.9)]).startswith("### dbpedia (proxy test) — proxy test set")
+    official = {"split": "test", "size": 1000, "total": 70000, "subsample_seed": 0}
+    assert markdown_table([synthetic("dbpedia", "smc", 0, 0.9, test=official)]).startswith("### dbpedia — test set")
+    assert overview_table([synthetic("dbpedia", "smc", 0, 0.9, test=official)]).startswith("| Method | dbpedia |")
     assert format_mean_sd([0.1, float("nan"), None, 0.3]) == "0.200 ± 0.141"
 
 

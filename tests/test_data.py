@@ -23,6 +23,7 @@ from bayesprompt.data import (
     load_jsonl,
     load_split,
     resolve_data_dir,
+    split_path,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -330,6 +331,15 @@ def test_load_split_proxy_test_requires_opt_in(data_dir):
 def test_load_split_official_test_wins_over_proxy(data_dir):
     write_jsonl(data_dir / "dbpedia" / "test.jsonl", [{"text": "An album.", "label": 11}])
     assert load_split("dbpedia", "test", data_dir, allow_proxy=True) == [Example("An album.", 11)]
+
+
+def test_split_path_names_the_proxy_it_falls_back_to(data_dir):
+    assert split_path("dbpedia", "test", data_dir, allow_proxy=True).stem == "proxy_test"
+    assert split_path("dbpedia", "train", data_dir).stem == "train"
+    write_jsonl(data_dir / "dbpedia" / "test.jsonl", [{"text": "An album.", "label": 11}])
+    assert split_path("dbpedia", "test", data_dir, allow_proxy=True).stem == "test"
+    with pytest.raises(ValueError, match="unknown split 'valid'"):
+        split_path("dbpedia", "valid", data_dir)
 
 
 def test_load_split_proxy_is_only_for_test(data_dir):

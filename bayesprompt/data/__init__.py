@@ -20,7 +20,7 @@ Typical use (``data_dir`` may be omitted when ``$BAYESPROMPT_DATA`` is set)::
 """
 
 from bayesprompt.data.fewshot import balanced_subsample, examples_fingerprint, few_shot_split
-from bayesprompt.data.loaders import DataError, load_hub, load_jsonl, load_split, resolve_data_dir
+from bayesprompt.data.loaders import DataError, load_hub, load_jsonl, load_split, resolve_data_dir, split_path
 from bayesprompt.data.registry import TASKS, get_task
 from bayesprompt.data.task import UNLABELLED, Example, HubSource, Task
 
@@ -34,6 +34,7 @@ __all__ = [
     "DataError",
     "load_jsonl",
     "load_split",
+    "split_path",
     "load_hub",
     "resolve_data_dir",
     "few_shot_split",

@@ -243,9 +243,28 @@ def load_jsonl(path: str | os.PathLike[str], task: str | Task, *, labelled: bool
     return examples
 
 
-def _split_path(task: Task, split: str, data_dir: Path, allow_proxy: bool) -> Path:
-    """Locate ``<data_dir>/<task>/<split>.jsonl``, with the proxy-test fallback."""
-    folder = data_dir / task.name
+def split_path(
+    task: str | Task,
+    split: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    allow_proxy: bool = False,
+) -> Path:
+    """The file :func:`load_split` reads for ``split`` of ``task``.
+
+    Its stem names what was found: ``"proxy_test"`` when the official test split is
+    missing and ``allow_proxy`` let the proxy stand in, so a caller can label it.
+    Parameters, errors and the proxy rule are those of :func:`load_split`.
+
+    Examples
+    --------
+    >>> split_path("dbpedia", "test", allow_proxy=True).stem      # doctest: +SKIP
+    'proxy_test'
+    """
+    task = get_task(task)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    folder = resolve_data_dir(data_dir) / task.name
     path = folder / f"{split}.jsonl"
     if path.is_file():
         return path
@@ -304,10 +323,7 @@ def load_split(
     >>> proxy = load_split("dbpedia", "test", allow_proxy=True)    # doctest: +SKIP
     """
     task = get_task(task)
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    path = _split_path(task, split, resolve_data_dir(data_dir), allow_proxy)
-    return load_jsonl(path, task)
+    return load_jsonl(split_path(task, split, data_dir, allow_proxy=allow_proxy), task)
 
 
 # --------------------------------------------------------------------------- hub
