@@ -66,7 +66,7 @@ def chunk_sizes(monkeypatch) -> list[int]:
 # ---------------------------------------------------------------------- doctests
 
 
-@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput", "point_vs_posterior", "cma_elbo_drift", "length_buckets", "engine_defaults"])
+@pytest.mark.parametrize("name", ["methods", "run", "checkpoint", "report", "whitebox", "throughput", "point_vs_posterior", "cma_elbo_drift", "length_buckets", "engine_defaults", "ood_confidence"])
 def test_module_doctests(name):
     module = importlib.import_module(f"benchmarks.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
@@ -365,6 +365,20 @@ def test_scoring_length_bucket_is_restored_even_on_error():
     for bad in (0, 64.5, True):
         with pytest.raises(ValueError, match="evaluation_length_bucket must be None or an int >= 1"):
             dataclasses.replace(preset("full"), evaluation_length_bucket=bad)
+
+
+def test_ood_confidence_scores_the_zero_shot_method_and_counts_its_predictions():
+    from benchmarks.methods import prompt_predictor
+    from benchmarks.ood_confidence import confidence_profile, zero_shot_probs
+
+    backend = FakeBlackBox(TOY, embed_dim=4, seed=3)
+    batch = backend.encode([Example(text="a b " * i, label=i % 2) for i in range(1, 9)])
+    probs = zero_shot_probs(backend, batch)
+    assert torch.allclose(probs, prompt_predictor(backend, torch.zeros(1, 0, 4))(batch).probs[0].float())
+    profile = confidence_profile(probs)
+    assert profile["predicted_share"] == pytest.approx([(probs.argmax(-1) == c).float().mean().item() for c in (0, 1)])
+    assert profile["max_prob"] == pytest.approx(probs.max(-1).values.mean().item())
+    assert 0.0 <= profile["entropy"] <= math.log(2)
 
 
 def test_the_committed_cells_are_found_by_the_current_cache_keys():
