@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from bayesprompt.data.task import Task
-from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
+from bayesprompt.lm.base import EncodedBatch, PromptBlackBox, SlowPrecisionWarning, native_bf16
 from bayesprompt.lm.label_only import LabelOnly
 from bayesprompt.lm.masked_lm import MaskedLMBlackBox
 from bayesprompt.lm.meter import BudgetExhausted, Meter, MeterSnapshot, ProbeInterrupt
@@ -32,8 +32,10 @@ __all__ = [
     "ProbeInterrupt",
     "PromptBlackBox",
     "SentenceEncoderBlackBox",
+    "SlowPrecisionWarning",
     "fit_scale",
     "load_backend",
+    "native_bf16",
 ]
 
 #: Backend kinds accepted by :func:`load_backend`.
