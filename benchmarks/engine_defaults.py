@@ -13,8 +13,12 @@ cells are recomputed), then re-record with ``python -m benchmarks.run
 --record-engine-defaults``.
 
 The defaults are read from the signatures of the objects each
-:class:`~benchmarks.methods.MethodSpec` ``requires``; callables are named by module and
-qualified name, so the record does not depend on memory addresses.
+:class:`~benchmarks.methods.MethodSpec` ``requires``, and of the objects every cell is
+built from (:data:`benchmarks.methods.SHARED_REQUIREMENTS`: the backend, the prompt
+models, the potential, the projection, prediction); callables are named by module and
+qualified name, so the record does not depend on memory addresses. Constants inside the
+method builders of :mod:`benchmarks.methods` (``popsize=20``, budget shares) are not
+signature defaults and are not guarded.
 
 Examples
 --------
@@ -61,6 +65,15 @@ def signature_defaults(obj: Any) -> dict[str, str]:
     return {p.name: _stable_repr(p.default) for p in parameters if p.default is not inspect.Parameter.empty}
 
 
+def _resolve(requirement: str) -> Any:
+    """The object named by ``"module:attribute"``; the attribute may be dotted (``Class.method``)."""
+    module_name, _, path = requirement.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
 def current_defaults(requirements: Iterable[str]) -> dict[str, dict[str, str]]:
     """Signature defaults of every ``"module:attribute"`` requirement that imports.
 
@@ -69,9 +82,8 @@ def current_defaults(requirements: Iterable[str]) -> dict[str, dict[str, str]]:
     """
     defaults: dict[str, dict[str, str]] = {}
     for requirement in sorted(set(requirements)):
-        module_name, _, attribute = requirement.partition(":")
         try:
-            obj = getattr(importlib.import_module(module_name), attribute)
+            obj = _resolve(requirement)
         except (ImportError, AttributeError):
             continue
         defaults[requirement] = signature_defaults(obj)

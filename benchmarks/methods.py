@@ -57,6 +57,7 @@ from bayesprompt.runs import RunDirectory, StateCodec, atomic_write_text, config
 
 __all__ = [
     "BudgetPolicy",
+    "SHARED_REQUIREMENTS",
     "FIT_SETTINGS",
     "MethodContext",
     "MethodOutcome",
@@ -661,6 +662,25 @@ def _engine_fitter(make_engine: Callable[[MethodContext, Potential], Engine], li
 
 
 # ---------------------------------------------------------------------- the registry
+
+
+#: Objects every cell is built from, beside its method's engines; their signature defaults
+#: are guarded with the engines' (:mod:`benchmarks.engine_defaults`).
+SHARED_REQUIREMENTS: tuple[str, ...] = (
+    "bayesprompt.data.fewshot:balanced_subsample",
+    "bayesprompt.data.fewshot:few_shot_split",
+    "bayesprompt.inference.base:run",
+    "bayesprompt.lm.sentence_encoder:SentenceEncoderBlackBox",
+    "bayesprompt.models.potential:Potential",
+    "bayesprompt.models.projection:RandomProjection.from_embeddings",
+    "bayesprompt.models.prompt:LikelihoodFreePromptModel",
+    "bayesprompt.models.prompt:PromptModel",
+    "bayesprompt.models.prompt:lognormal_temperature_prior",
+    "bayesprompt.pipeline:dev_accuracy_score",
+    "bayesprompt.predict:fit_vote_smoothing",
+    "bayesprompt.predict:predict",
+    "bayesprompt.predict:predict_votes",
+)
 
 
 def default_registry() -> dict[str, MethodSpec]:

@@ -52,7 +52,8 @@ import torch
 from benchmarks import engine_defaults
 from benchmarks.checkpoint import STEP_CHECKPOINTS, load_fit, save_fit
 from benchmarks.methods import (
-    MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget, fit_bucket_in_effect,
+    SHARED_REQUIREMENTS, MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget,
+    fit_bucket_in_effect,
 )
 from bayesprompt.data import TASKS, balanced_subsample, few_shot_split, get_task, load_jsonl, load_split, split_path
 from bayesprompt.data.task import Example, Task
@@ -893,7 +894,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _requirements(registry: Mapping[str, MethodSpec]) -> list[str]:
-    return [requirement for spec in registry.values() for requirement in spec.requires]
+    """What the engine-defaults record covers: every method's engines and the shared objects."""
+    return [*SHARED_REQUIREMENTS, *(requirement for spec in registry.values() for requirement in spec.requires)]
 
 
 def engine_defaults_warnings(registry: Mapping[str, MethodSpec], record: str | Path = engine_defaults.RECORD_PATH) -> list[str]:

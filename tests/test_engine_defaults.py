@@ -13,7 +13,7 @@ if str(REPO) not in sys.path:  # `benchmarks` is a top-level package of the repo
     sys.path.insert(0, str(REPO))
 
 from benchmarks import engine_defaults  # noqa: E402
-from benchmarks.methods import default_registry  # noqa: E402
+from benchmarks.methods import SHARED_REQUIREMENTS, default_registry  # noqa: E402
 from benchmarks.run import BENCHMARK_VERSION, engine_defaults_warnings, main  # noqa: E402
 
 
@@ -22,9 +22,25 @@ def test_record_matches_the_engines_and_version():
     assert engine_defaults_warnings(default_registry()) == []
     version, recorded = engine_defaults.load_record()
     assert version == BENCHMARK_VERSION
-    requirements = [r for spec in default_registry().values() for r in spec.requires]
-    assert set(recorded) == set(engine_defaults.current_defaults(requirements))  # every engine, nothing else
+    requirements = [*SHARED_REQUIREMENTS, *(r for spec in default_registry().values() for r in spec.requires)]
+    assert set(recorded) == set(engine_defaults.current_defaults(requirements))  # every engine and shared object
     assert recorded["bayesprompt.inference.smc:TemperedSMC"]["target_ess"] == "0.5"
+    assert recorded["bayesprompt.lm.sentence_encoder:SentenceEncoderBlackBox"]["scale"] == "25.0"
+    assert recorded["bayesprompt.models.projection:RandomProjection.from_embeddings"]["intrinsic_dim"] == "500"
+
+
+def test_a_changed_shared_default_is_reported(tmp_path):
+    _, recorded = engine_defaults.load_record()
+    recorded["bayesprompt.predict:predict"]["chunk_size"] = "128"
+    record = engine_defaults.write_record(BENCHMARK_VERSION, recorded, tmp_path / "record.json")
+    assert engine_defaults_warnings(default_registry(), record) == ["bayesprompt.predict:predict: chunk_size 128 -> 256"]
+
+
+def test_dotted_requirements_resolve_and_bad_ones_are_left_out():
+    defaults = engine_defaults.current_defaults(["bayesprompt.models.projection:RandomProjection.from_embeddings",
+                                                 "bayesprompt.models.projection:RandomProjection.no_such_method"])
+    assert list(defaults) == ["bayesprompt.models.projection:RandomProjection.from_embeddings"]
+    assert defaults["bayesprompt.models.projection:RandomProjection.from_embeddings"]["n_tokens"] == "10"
 
 
 def test_a_changed_default_and_an_old_version_are_reported(tmp_path):
