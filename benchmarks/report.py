@@ -127,6 +127,9 @@ def markdown_table(
     if any(r.get("status") == "ok" and _partly_chunked(r) for r in mine):
         lines += ["", "(k partly in chunks): k of the seeds were resumed from a step checkpoint under another "
                       "`length_bucket` (`fit_length_bucket_before_resume`): part of their fit ran in chunks, part as one batch."]
+    if any(r.get("status") == "ok" and _emulated_bf16(r) for r in mine):
+        lines += ["", "(k emulated bf16): k of the seeds ran on a CPU without bf16 units, their GEMMs as fp32 GEMMs on "
+                      "bf16-rounded operands (`bayesprompt.lm.precision`): the same arithmetic, in another order of accumulation."]
     return "\n".join(lines) + "\n"
 
 
@@ -363,6 +366,8 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     marks = [f"{bucketed} bucketed"] if bucketed else []
     marks += [f"{fit_chunked} fit in chunks"] if fit_chunked else []
     marks += [f"{partly} partly in chunks"] if partly else []
+    emulated = sum(1 for r in ok if _emulated_bf16(r))
+    marks += [f"{emulated} emulated bf16"] if emulated else []
     marks += [f"{failed} failed"] if failed else []
     cells.append(f"{len(ok)}" + (f" ({', '.join(marks)})" if marks else ""))
     return cells
@@ -398,6 +403,11 @@ def _ordered_methods(records: Iterable[Mapping[str, Any]], method_order: Sequenc
 def _is_white_box(record: Mapping[str, Any]) -> bool:
     """Whether the record's method had gradient access (it reports backward passes)."""
     return "backward_passes" in (record.get("summary") or {})
+
+
+def _emulated_bf16(record: Mapping[str, Any]) -> bool:
+    """Whether the record's bf16 GEMMs were emulated in fp32 (records before 2026-12-06 ran on bf16 units)."""
+    return record.get("precision") == "bf16" and record.get("bf16_arithmetic", "native") != "native"
 
 
 def _partly_chunked(record: Mapping[str, Any]) -> bool:

@@ -57,7 +57,7 @@ from benchmarks.methods import (
 )
 from bayesprompt.data import TASKS, balanced_subsample, few_shot_split, get_task, load_jsonl, load_split, split_path
 from bayesprompt.data.task import Example, Task
-from bayesprompt.lm import Meter, load_backend
+from bayesprompt.lm import Meter, bf16_arithmetic, load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.metrics import classification_report, misclassification_auroc, ood_auroc
 from bayesprompt.models.projection import RandomProjection
@@ -813,6 +813,7 @@ def _base_record(config: BenchmarkConfig, cell: Cell, spec: MethodSpec, digest: 
         "config": config.name,
         "config_hash": digest,
         "precision": config.precision,
+        **({"bf16_arithmetic": bf16_arithmetic(torch.device("cpu"))} if config.precision == "bf16" else {}),
         "torch_threads": torch.get_num_threads(),
         "model": config.model or ("all-MiniLM-L6-v2 (embedded)" if config.backend == "encoder" else config.backend),
     }

@@ -485,6 +485,15 @@ def test_markdown_table_formatting_on_synthetic_records():
     assert format_mean_sd([0.1, float("nan"), None, 0.3]) == "0.200 ± 0.141"
 
 
+def test_markdown_table_marks_seeds_run_with_emulated_bf16():
+    records = [synthetic("sst2", "smc", 0, 0.7, precision="bf16"),  # before the field existed: bf16 units
+               synthetic("sst2", "smc", 1, 0.7, precision="bf16", bf16_arithmetic="native"),
+               synthetic("sst2", "smc", 2, 0.7, precision="bf16", bf16_arithmetic="fp32-accumulate emulation")]
+    table = markdown_table(records, "sst2")
+    assert "| 3 (1 emulated bf16) |" in table and "(k emulated bf16): k of the seeds ran on a CPU without bf16 units" in table
+    assert "emulated" not in markdown_table(records[:2], "sst2")
+
+
 def test_overview_table_ranks_black_box_methods_over_equal_seeds():
     white_box = {"summary": {"backward_passes": 70}}
     records = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bayesprompt.data.task import Example, Task
-from bayesprompt.lm import BudgetExhausted, EncodedBatch, LabelOnly, Meter, MeterSnapshot, PromptBlackBox, SlowPrecisionWarning
+from bayesprompt.lm import BudgetExhausted, EncodedBatch, LabelOnly, Meter, MeterSnapshot, PromptBlackBox
 
 TASK = Task(
     name="toy",
@@ -97,28 +97,6 @@ def test_snapshot_restore_roundtrip():
     other = Meter(budget=100)
     other.restore(snap.to_dict())
     assert other.remaining == 97
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_bf16_warns_once_where_it_is_only_emulated(monkeypatch, native):
-    import warnings
-
-    asked = []
-    monkeypatch.setattr("bayesprompt.lm.base.native_bf16", lambda device: asked.append(device.type) or native)
-    box, fp32 = FakeBox(), FakeBox()
-    box.precision = "bf16"
-    batch, prompts = box.encode(EXAMPLES), torch.zeros(2, 1, 4)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fp32.score(prompts, batch)  # fp32 never asks
-        assert caught == [] and asked == []
-        box.score(prompts, batch)
-        box.score(prompts, batch)  # asked and warned at most once per backend
-    assert asked == ["cpu"]
-    assert [w.category for w in caught] == ([] if native else [SlowPrecisionWarning])
-    if not native:
-        assert "precision='bf16' on a CPU" in str(caught[0].message) and "precision='fp32'" in str(caught[0].message)
-        assert caught[0].filename == __file__  # points at the caller of score()
 
 
 def test_chunking_matches_one_pass():

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from bayesprompt.data.task import Task
-from bayesprompt.lm.base import EncodedBatch, PromptBlackBox, SlowPrecisionWarning, native_bf16
+from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.lm.label_only import LabelOnly
 from bayesprompt.lm.masked_lm import MaskedLMBlackBox
 from bayesprompt.lm.meter import BudgetExhausted, Meter, MeterSnapshot, ProbeInterrupt
+from bayesprompt.lm.precision import bf16_arithmetic, bf16_autocast, native_bf16
 from bayesprompt.lm.sentence_encoder import DEFAULT_SCALE, SentenceEncoderBlackBox, fit_scale
 
 __all__ = [
@@ -32,7 +33,8 @@ __all__ = [
     "ProbeInterrupt",
     "PromptBlackBox",
     "SentenceEncoderBlackBox",
-    "SlowPrecisionWarning",
+    "bf16_arithmetic",
+    "bf16_autocast",
     "fit_scale",
     "load_backend",
     "native_bf16",

@@ -13,7 +13,6 @@ a backend only implements :meth:`PromptBlackBox.encode` and
 from __future__ import annotations
 
 import contextlib
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,38 +22,11 @@ import torch
 
 from bayesprompt.data.task import Example, Task
 from bayesprompt.lm.meter import Meter
+from bayesprompt.lm.precision import bf16_autocast
 
-__all__ = ["EncodedBatch", "PromptBlackBox", "Precision", "SlowPrecisionWarning", "native_bf16"]
+__all__ = ["EncodedBatch", "PromptBlackBox", "Precision"]
 
 Precision = Literal["fp32", "bf16"]
-
-
-class SlowPrecisionWarning(UserWarning):
-    """bf16 was asked for on a device without bf16 arithmetic: it runs emulated, slower than fp32."""
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` does bf16 arithmetic in hardware (autocast to bf16 pays off there).
-
-    On a CPU this asks oneDNN (AVX-512 BF16 or AMX); without them PyTorch emulates bf16,
-    which was about 4x *slower* than fp32 for MiniLM on a 2-core AVX2 machine (seconds per
-    call with a 10-token prompt: 1.69 against 0.44 on 32 SST-2 examples with two threads,
-    11.2 against 2.9 on 64 AG News examples with one). Devices other than CPU and CUDA are
-    assumed native.
-
-    Examples
-    --------
-    >>> isinstance(native_bf16(torch.device("cpu")), bool)
-    True
-    """
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type != "cpu":
-        return True
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    if check is None:  # older or newer builds without the probe: AVX-512 is the nearest public sign
-        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-    return bool(check())
 
 
 @dataclass(frozen=True)
@@ -133,8 +105,8 @@ class PromptBlackBox(ABC):
     precision : {"fp32", "bf16"}
         ``"bf16"`` runs the forward pass under CPU/GPU bf16 autocast (about 3x faster on
         CPUs with bf16 units, slightly less exact). Scores are returned as float32. On a
-        device without bf16 arithmetic (:func:`native_bf16`) the first query warns with
-        :class:`SlowPrecisionWarning`: bf16 is emulated there, slower than fp32.
+        CPU without bf16 units the GEMMs run as fp32 GEMMs on bf16-rounded operands, the
+        same arithmetic at about fp32 speed (:mod:`bayesprompt.lm.precision`).
     max_sequences : int
         Upper bound on sequences per forward pass; bounds activation memory.
     length_bucket : int or None
@@ -175,7 +147,6 @@ class PromptBlackBox(ABC):
         self.task = task
         self.meter = meter if meter is not None else Meter()
         self.precision = precision
-        self._precision_checked = False
         self.max_sequences = max_sequences
         self.length_bucket = length_bucket
 
@@ -304,21 +275,5 @@ class PromptBlackBox(ABC):
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
-            self._warn_if_emulated()
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            return bf16_autocast(self.device)
         return contextlib.nullcontext()
-
-    def _warn_if_emulated(self) -> None:
-        """Warn once per backend when bf16 is asked for on a device that only emulates it."""
-        if getattr(self, "_precision_checked", False):
-            return
-        self._precision_checked = True
-        if not native_bf16(self.device):
-            hardware = f"a CPU that torch reports as {torch.backends.cpu.get_cpu_capability()}" if self.device.type == "cpu" else str(self.device)
-            warnings.warn(
-                f"precision='bf16' on {hardware}, without bf16 arithmetic: autocast emulates "
-                "bf16 here, which was about 4x slower than fp32 for MiniLM on such a machine. Use "
-                "precision='fp32' for speed, or keep bf16 only to match results computed in bf16.",
-                SlowPrecisionWarning,
-                stacklevel=4,
-            )
