@@ -139,7 +139,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--backend", default=defaults.backend, choices=("encoder", "mlm"), help="sentence encoder or masked LM")
     fit.add_argument("--model", default=None, help="local path or hub id of the model (default: embedded all-MiniLM-L6-v2)")
     fit.add_argument("--bf16", action="store_true", help="run the black box under bf16 autocast (about 3x faster on CPUs with bf16 units, "
-                     "AVX-512 BF16 or AMX; elsewhere it is emulated, slower than fp32, and warns)")
+                     "AVX-512 BF16 or AMX; elsewhere bf16 arithmetic at about fp32 speed)")
     fit.add_argument("--n-tokens", type=int, default=defaults.n_tokens, help="prompt length in tokens")
     fit.add_argument("--intrinsic-dim", type=int, default=defaults.intrinsic_dim, help="dimension k of the latent prompt z")
     fit.add_argument("--prior-scale", type=float, default=defaults.prior_scale, help="scale of the Normal prior on z")
