@@ -217,6 +217,7 @@ def test_a_fit_resumed_under_another_length_bucket_records_both(tmp_path, data_d
     import benchmarks.run as bench_run
     from bayesprompt.runs import RunDirectory
 
+    monkeypatch.setattr("bayesprompt.lm.precision.native_bf16", lambda device: True)  # the same marks on every CPU
     config = fake_config(data_dir, methods=("smc-temp",), budgets=(400,), length_bucket=3)
     real_write, real_evaluate = RunDirectory.write_checkpoint, bench_run.evaluate
     monkeypatch.setattr(RunDirectory, "write_checkpoint", _dies_at_step_three(real_write))
@@ -483,6 +484,17 @@ def test_markdown_table_formatting_on_synthetic_records():
     assert markdown_table([synthetic("dbpedia", "smc", 0, 0.9, test=official)]).startswith("### dbpedia — test set")
     assert overview_table([synthetic("dbpedia", "smc", 0, 0.9, test=official)]).startswith("| Method | dbpedia |")
     assert format_mean_sd([0.1, float("nan"), None, 0.3]) == "0.200 ± 0.141"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_records_say_how_bf16_was_computed(monkeypatch, native):
+    from benchmarks.run import Cell, _base_record
+
+    monkeypatch.setattr("bayesprompt.lm.precision.native_bf16", lambda device: native)
+    cell, spec = Cell("sst2", "smc", 0, 2000), default_registry()["smc"]
+    bf16 = _base_record(dataclasses.replace(preset("full"), precision="bf16"), cell, spec, "digest")
+    assert bf16["bf16_arithmetic"] == ("native" if native else "fp32-accumulate emulation")
+    assert "bf16_arithmetic" not in _base_record(dataclasses.replace(preset("full"), precision="fp32"), cell, spec, "digest")
 
 
 def test_markdown_table_marks_seeds_run_with_emulated_bf16():
