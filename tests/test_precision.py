@@ -69,7 +69,10 @@ def test_emulation_runs_the_gemm_kernels_in_fp32(emulate):
 def test_emulation_leaves_other_ops_and_plain_fp32_alone():
     x, w = torch.randn(8, 16), torch.randn(4, 16)
     with bf16_autocast(CPU, emulate=True):
-        assert torch.equal(torch.tanh(x), torch.tanh(x))
+        assert torch.tanh(x).dtype == torch.float32
+        wide = F.linear(x.double(), w.double())  # float64 is not cast, by autocast nor here
+        assert wide.dtype == torch.float64
+        torch.testing.assert_close(wide, x.double() @ w.double().T, rtol=1e-12, atol=1e-12)
         with torch.autocast("cpu", enabled=False):  # autocast off inside: a plain fp32 GEMM
             plain = F.linear(x, w)
     assert plain.dtype == torch.float32 and torch.equal(plain, F.linear(x, w))

@@ -103,9 +103,13 @@ def _bf16_autocast_on() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+#: The dtypes CPU autocast casts to bf16 (float64 operands are left alone, here as there).
+_AUTOCAST_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
+
+
 def _all_cpu_floats(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
     tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
-    return bool(tensors) and all(t.device.type == "cpu" and t.is_floating_point() for t in tensors)
+    return bool(tensors) and all(t.device.type == "cpu" and t.dtype in _AUTOCAST_DTYPES for t in tensors)
 
 
 @contextlib.contextmanager
