@@ -664,19 +664,16 @@ def _engine_fitter(make_engine: Callable[[MethodContext, Potential], Engine], li
 # ---------------------------------------------------------------------- the registry
 
 
-#: Objects every cell is built from, beside its method's engines; their signature defaults
-#: are guarded with the engines' (:mod:`benchmarks.engine_defaults`).
+#: Objects every cell is built from, beside its method's engines, whose signature defaults
+#: shape results; they are guarded with the engines' (:mod:`benchmarks.engine_defaults`).
 SHARED_REQUIREMENTS: tuple[str, ...] = (
     "bayesprompt.data.fewshot:balanced_subsample",
     "bayesprompt.data.fewshot:few_shot_split",
-    "bayesprompt.inference.base:run",
     "bayesprompt.lm.sentence_encoder:SentenceEncoderBlackBox",
     "bayesprompt.models.potential:Potential",
     "bayesprompt.models.projection:RandomProjection.from_embeddings",
     "bayesprompt.models.prompt:LikelihoodFreePromptModel",
     "bayesprompt.models.prompt:PromptModel",
-    "bayesprompt.models.prompt:lognormal_temperature_prior",
-    "bayesprompt.pipeline:dev_accuracy_score",
     "bayesprompt.predict:fit_vote_smoothing",
     "bayesprompt.predict:predict",
     "bayesprompt.predict:predict_votes",

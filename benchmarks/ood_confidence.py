@@ -6,7 +6,7 @@ of foreign inputs than of its own task's. This script scores each task's evaluat
 and its OOD sets (:data:`benchmarks.run.OOD_PAIRS`, each rendered with its own template,
 as in the suite) with no prompt, the zero-shot model that every prompt starts from, and
 prints a markdown table: mean predictive entropy and maximum probability, the share of
-each predicted class, and the entropy OOD AUROC. A row whose OOD set is *more* confident
+each predicted class, and the OOD AUROC of the suite's uncertainty score. A row whose OOD set is *more* confident
 than the test set explains an AUROC below 0.5 without any fault in the uncertainty.
 
 Run ``python -m benchmarks.ood_confidence --tasks snli rte`` (embedded MiniLM, bf16; uses
@@ -30,18 +30,13 @@ import torch
 
 from bayesprompt.data.registry import get_task
 from bayesprompt.lm import Meter
-from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.metrics import ood_auroc
+from bayesprompt.predict import EnsemblePredictions
 from bayesprompt.uncertainty import predictive_entropy
-from benchmarks.run import Resources, preset
+from benchmarks.methods import prompt_predictor
+from benchmarks.run import UNCERTAINTY_SCORE, Resources, preset
 
-__all__ = ["confidence_profile", "zero_shot_probs", "main"]
-
-
-def zero_shot_probs(backend: PromptBlackBox, batch: EncodedBatch) -> torch.Tensor:
-    """Class probabilities ``[B, C]`` of the model with a zero-length prompt."""
-    no_prompt = torch.zeros(1, 0, backend.embed_dim)
-    return backend.score(no_prompt, batch).softmax(-1)[0].float()
+__all__ = ["confidence_profile", "main"]
 
 
 def confidence_profile(probs: torch.Tensor) -> dict[str, Any]:
@@ -54,8 +49,8 @@ def confidence_profile(probs: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _row(name: str, size: int, probs: torch.Tensor, auroc: str) -> str:
-    profile = confidence_profile(probs)
+def _row(name: str, size: int, predictions: EnsemblePredictions, auroc: str) -> str:
+    profile = confidence_profile(predictions.mean())
     shares = " / ".join(f"{share:.2f}" for share in profile["predicted_share"])
     return f"| {name} | {size} | {profile['entropy']:.3f} | {profile['max_prob']:.3f} | {shares} | {auroc} |"
 
@@ -68,18 +63,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = dataclasses.replace(preset("full"), precision=args.precision)
     resources = Resources(config)
-    print("| task: scored set | examples | mean entropy | mean max prob | predicted class shares | entropy OOD AUROC |")
+    print(f"| task: scored set | examples | mean entropy | mean max prob | predicted class shares | OOD AUROC ({UNCERTAINTY_SCORE}) |")
     print("|---|---:|---:|---:|---|---:|")
     for name in args.tasks:
         task = get_task(name)
         backend = resources.backend(task, Meter())
+        zero_shot = prompt_predictor(backend, torch.zeros(1, 0, backend.embed_dim))  # the suite's zero-shot method
         batch, _ = resources.evaluation_batch(task, backend)
-        inside = zero_shot_probs(backend, batch)
+        inside = zero_shot(batch)
         print(_row(f"{name}: test", len(batch), inside, "—"), flush=True)
         for source in config.ood_for(name):
             ood_batch, _ = resources.evaluation_batch(task, backend, source)
-            outside = zero_shot_probs(backend, ood_batch)
-            auroc = ood_auroc(predictive_entropy(inside.unsqueeze(0)), predictive_entropy(outside.unsqueeze(0)))
+            outside = zero_shot(ood_batch)
+            auroc = ood_auroc(inside.uncertainty()[UNCERTAINTY_SCORE], outside.uncertainty()[UNCERTAINTY_SCORE])
             print(_row(f"{name}: OOD {source}", len(ood_batch), outside, f"{auroc:.3f}"), flush=True)
     return 0
 

@@ -448,7 +448,7 @@ def _test_note(records: Sequence[Mapping[str, Any]]) -> str:
     info = next((r["test"] for r in records if r.get("status") == "ok" and r.get("test")), None)
     if not info:
         return ""
-    split = "proxy test set (held-out train rows)" if _on_proxy_test(records) else "test set"
+    split = "proxy test set (held-out train rows)" if info.get("split") == "proxy_test" else "test set"
     if info.get("subsample_seed") is not None:
         size = f"{info['size']} of {info['total']} examples (class-balanced subsample, seed {info['subsample_seed']})"
     else:

@@ -24,6 +24,7 @@ def test_record_matches_the_engines_and_version():
     assert version == BENCHMARK_VERSION
     requirements = [*SHARED_REQUIREMENTS, *(r for spec in default_registry().values() for r in spec.requires)]
     assert set(recorded) == set(engine_defaults.current_defaults(requirements))  # every engine and shared object
+    assert set(SHARED_REQUIREMENTS) <= set(recorded)  # a mistyped shared entry would be skipped on both sides
     assert recorded["bayesprompt.inference.smc:TemperedSMC"]["target_ess"] == "0.5"
     assert recorded["bayesprompt.lm.sentence_encoder:SentenceEncoderBlackBox"]["scale"] == "25.0"
     assert recorded["bayesprompt.models.projection:RandomProjection.from_embeddings"]["intrinsic_dim"] == "500"

@@ -19,29 +19,13 @@ def one_ulp(exact: torch.Tensor) -> torch.Tensor:
 
 GEMMS = {
     "linear": lambda x, w, b: F.linear(x, w, b),
+    "addmm": lambda x, w, b: torch.addmm(b, x.flatten(0, 1), w.T),
+    "baddbmm": lambda x, w, b: torch.baddbmm(b.expand(x.shape[0], 1, -1), x, w.T.expand(x.shape[0], -1, -1)),
     "matmul": lambda x, w, b: torch.matmul(x, w.T),
     "operator": lambda x, w, b: x @ w.T,
     "mm": lambda x, w, b: torch.mm(x.flatten(0, 1), w.T),
     "bmm": lambda x, w, b: torch.bmm(x, w.T.expand(x.shape[0], -1, -1)),
 }
-
-
-@pytest.mark.parametrize("name", sorted(GEMMS))
-def test_emulated_gemms_do_bf16_arithmetic(name):
-    generator = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(*shape, generator=generator) for shape in ((4, 64, 96), (48, 96), (48,)))
-    gemm = GEMMS[name]
-    with bf16_autocast(CPU, emulate=False):
-        reference = gemm(x, w, b)
-    with bf16_autocast(CPU, emulate=True):
-        emulated = gemm(x, w, b)
-    assert emulated.dtype == reference.dtype == torch.bfloat16
-    # the exact product of the bf16-rounded operands, rounded once: both are within one ulp of it
-    rx, rw, rb = (t.bfloat16().double() for t in (x, w, b))
-    exact = gemm(rx, rw, rb)
-    for result in (emulated, reference):
-        assert ((result.double() - exact).abs() <= one_ulp(exact)).all()
-    assert (emulated != reference).float().mean() < 0.01  # they differ only in the order of accumulation
 
 
 class GemmDtypes(TorchDispatchMode):
@@ -55,6 +39,25 @@ class GemmDtypes(TorchDispatchMode):
         if func.__name__.split(".")[0] in ("addmm", "mm", "bmm", "baddbmm"):
             self.seen |= {a.dtype for a in args if isinstance(a, torch.Tensor)}
         return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", sorted(GEMMS))
+def test_emulated_gemms_do_bf16_arithmetic(name):
+    generator = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=generator) for shape in ((4, 64, 96), (48, 96), (48,)))
+    gemm = GEMMS[name]
+    with bf16_autocast(CPU, emulate=False), GemmDtypes() as native:
+        reference = gemm(x, w, b)
+    with bf16_autocast(CPU, emulate=True), GemmDtypes() as fp32:
+        emulated = gemm(x, w, b)
+    assert native.seen == {torch.bfloat16} and fp32.seen == {torch.float32}  # the kernels that ran
+    assert emulated.dtype == reference.dtype == torch.bfloat16
+    # the exact product of the bf16-rounded operands, rounded once: both are within one ulp of it
+    rx, rw, rb = (t.bfloat16().double() for t in (x, w, b))
+    exact = gemm(rx, rw, rb)
+    for result in (emulated, reference):
+        assert ((result.double() - exact).abs() <= one_ulp(exact)).all()
+    assert (emulated != reference).float().mean() < 0.01  # they differ only in the order of accumulation
 
 
 @pytest.mark.parametrize("emulate", [False, True])
@@ -77,6 +80,13 @@ def test_emulation_leaves_other_ops_and_plain_fp32_alone():
             plain = F.linear(x, w)
     assert plain.dtype == torch.float32 and torch.equal(plain, F.linear(x, w))
     assert F.linear(x, w).dtype == torch.float32  # nothing left behind after the context
+
+
+def test_calls_with_out_are_left_to_autocast():
+    a, b, out = torch.randn(4, 8), torch.randn(8, 3), torch.zeros(4, 3)
+    with bf16_autocast(CPU, emulate=True):
+        result = torch.matmul(a, b, out=out)
+    assert result is out and torch.equal(out, a @ b)  # filled in fp32, as plain autocast does
 
 
 def test_emulated_linear_has_the_gradient_of_bf16_autocast():
@@ -109,3 +119,4 @@ def test_emulation_is_chosen_by_the_hardware(monkeypatch):
 def test_native_bf16_reads_the_cpu():
     assert isinstance(native_bf16(CPU), bool)
     assert native_bf16(torch.device("meta"))  # devices other than CPU and CUDA: no emulation
+    assert bf16_arithmetic(torch.device("meta")) == "native"

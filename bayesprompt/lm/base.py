@@ -105,8 +105,9 @@ class PromptBlackBox(ABC):
     precision : {"fp32", "bf16"}
         ``"bf16"`` runs the forward pass under CPU/GPU bf16 autocast (about 3x faster on
         CPUs with bf16 units, slightly less exact). Scores are returned as float32. On a
-        CPU without bf16 units the GEMMs run as fp32 GEMMs on bf16-rounded operands, the
-        same arithmetic at about fp32 speed (:mod:`bayesprompt.lm.precision`).
+        CPU without bf16 units, linear layers and matmuls run as fp32 GEMMs on
+        bf16-rounded operands, the same arithmetic at about fp32 speed
+        (:mod:`bayesprompt.lm.precision`).
     max_sequences : int
         Upper bound on sequences per forward pass; bounds activation memory.
     length_bucket : int or None

@@ -2,16 +2,17 @@
 
 Under ``torch.autocast(dtype=torch.bfloat16)`` a linear layer rounds its input, weight and
 bias to bf16, multiplies with fp32 accumulation and rounds the result to bf16. CPUs with
-AVX-512 BF16 or AMX do this in hardware (about 3x faster than fp32 for MiniLM). On other
-CPUs PyTorch emulates the bf16 GEMM, which was about 4x *slower* than fp32 on a 2-core AVX2
+AVX-512 BF16 or AMX do this in hardware (about 3x faster than fp32 for MiniLM). On an
+AVX2-only CPU PyTorch emulates the bf16 GEMM, which was about 4x *slower* than fp32 on a 2-core AVX2
 machine (seconds per call, 32 SST-2 examples, one thread: 3.5 in bf16, 0.72 in fp32).
 
-:func:`bf16_autocast` therefore runs the GEMMs of linear layers and matmuls on such CPUs as
-fp32 GEMMs on bf16-rounded operands, rounded back to bf16: the same arithmetic as the bf16
-units (bf16 operands, fp32 accumulation, one rounding), at about fp32 speed (0.88 s on the
-same call). Elementwise results differ from PyTorch's own bf16 GEMM only by the order of
-accumulation (one bf16 ulp on 0.01% of a 512 x 1536 output in a test), as they do between
-two CPUs with bf16 units; through MiniLM's six layers that moved class logits by at most
+:func:`bf16_autocast` therefore runs linear layers and ``matmul``/``mm``/``bmm``/``addmm``/
+``baddbmm`` on such CPUs as fp32 GEMMs on bf16-rounded operands, rounded back to bf16: the
+same arithmetic as the bf16 units (bf16 operands, fp32 accumulation, one rounding), at about
+fp32 speed (0.88 s on the same call). Elementwise results differ from PyTorch's own bf16
+GEMM only by the order of accumulation (one bf16 ulp on 0.01% of a 512 x 1536 output in a
+test), as they do between two CPUs with bf16 units; through MiniLM's six layers that moved
+class logits by at most
 0.015 (cosines by 0.0006). Every other op runs as under plain autocast.
 
 Examples
@@ -40,18 +41,22 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["bf16_autocast", "bf16_arithmetic", "native_bf16"]
 
 #: The GEMM functions :func:`bf16_autocast` routes through fp32 on a CPU without bf16 units.
+#: Attention through ``scaled_dot_product_attention``, convolutions and ``einsum`` stay on
+#: PyTorch's own bf16 path (MiniLM's attention is under 10% of its time).
 _GEMMS: frozenset[Callable[..., Any]] = frozenset({
-    F.linear, torch.matmul, torch.mm, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.mm,
-    torch.Tensor.bmm,
+    F.linear, torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm,
+    torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.mm, torch.Tensor.bmm, torch.Tensor.addmm,
+    torch.Tensor.baddbmm,
 })
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` does bf16 arithmetic in hardware.
+    """Whether PyTorch has a fast bf16 GEMM path on ``device``.
 
-    On a CPU this asks oneDNN (AVX-512 BF16 or AMX); builds without that probe fall back
-    on PyTorch's CPU capability (``AVX512...``). Devices other than CPU and CUDA count as
-    native.
+    On a CPU this asks oneDNN, which says yes for AVX-512 BF16 and AMX, and also for plain
+    AVX-512 CPUs, where its bf16 kernels convert on the fly; builds without that probe fall
+    back on PyTorch's CPU capability (``AVX512...``). AVX2-only CPUs get no. Devices other
+    than CPU and CUDA count as native.
 
     Examples
     --------
@@ -69,8 +74,9 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def bf16_arithmetic(device: torch.device) -> str:
-    """How bf16 GEMMs run on ``device``: ``"native"`` or ``"fp32-accumulate emulation"``."""
-    return "native" if native_bf16(device) else "fp32-accumulate emulation"
+    """How :func:`bf16_autocast` runs bf16 GEMMs on ``device``: ``"native"`` (PyTorch's own
+    path) or ``"fp32-accumulate emulation"`` (a CPU without a fast bf16 path)."""
+    return "fp32-accumulate emulation" if device.type == "cpu" and not native_bf16(device) else "native"
 
 
 def _rounded(value: Any) -> Any:
@@ -92,8 +98,8 @@ class _Fp32AccumulatedBf16(TorchFunctionMode):
         kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
         kwargs = dict(kwargs or {})
-        if func not in _GEMMS or not _bf16_autocast_on() or not _all_cpu_floats(args, kwargs):
-            return func(*args, **kwargs)
+        if func not in _GEMMS or "out" in kwargs or not _bf16_autocast_on() or not _all_cpu_floats(args, kwargs):
+            return func(*args, **kwargs)  # autocast does not cast calls with out= either
         with torch.autocast("cpu", enabled=False):
             out = func(*map(_rounded, args), **{k: _rounded(v) for k, v in kwargs.items()})
         return out.to(torch.bfloat16)
