@@ -206,18 +206,22 @@ def test_label_only_prompt_model_end_to_end_in_100_dimensions():
 
 
 # ---------------------------------------------------------------------- stopping
-def test_budget_exhausted_returns_the_last_complete_population():
-    meter = Meter(budget=1000)
+def test_budget_exhausted_keeps_the_moves_of_the_unfinished_stage():
+    meter = Meter(budget=1050)
     history = PopulationHistory()
     engine = AdaptiveABCSMC(OBSERVED, num_particles=100)
     potential = Potential(threshold_model(meter))
     posterior = run(engine, potential, seed=0, meter=meter, progress=False, callback=history)
     assert posterior.status == Status.BUDGET_EXHAUSTED
     last = history[-1]
-    assert last.simulations < meter.calls <= 1000  # moves of the unfinished stage were paid for
+    # the 10 paid moves are all in the returned population; the 11th was refused
+    assert last.interrupted and posterior.diagnostics[-1]["interrupted"]
+    assert last.simulations == meter.calls == posterior.summary["simulations"] == 1000
+    unfinished = posterior.diagnostics[-1]["moves"]
+    assert 1 <= unfinished < engine.max_moves
     torch.testing.assert_close(posterior.samples["z"], last.particles.u[:, 0], rtol=0, atol=0)
     assert posterior.summary["epsilon"] == last.epsilon > 0.0
-    assert bool((last.distances <= last.epsilon + 1e-9).all())
+    assert bool((last.distances <= last.epsilon + 1e-9).all())  # the moves kept pi_eps's support
     with pytest.raises(InitialBudgetError):
         run(engine, Potential(threshold_model(Meter(budget=50))), seed=0, progress=False)
 

@@ -405,13 +405,22 @@ def peaked_problem(meter: Meter | None = None) -> LinearGaussian:
     return LinearGaussian.random(dim=2, num_obs=30, seed=2, noise_scale=0.1, meter=meter)
 
 
-def test_budget_exhaustion_returns_last_complete_stage():
-    budget = 2500
+def _stage_records(engine: TemperedSMC, problem_factory, seed: int = 0) -> list[dict]:
+    """The info records of an unbudgeted run (the reference for budgeted reruns)."""
+    problem = problem_factory(Meter())
+    return run(engine, Potential(problem.model), seed=seed, meter=problem.meter, progress=False).diagnostics
+
+
+def test_budget_refusing_a_stage_first_move_returns_last_complete_stage():
+    engine = TemperedSMC(num_particles=100)
+    records = _stage_records(engine, peaked_problem)
+    # the budget pays for stage 2 and refuses stage 3 before its first move
+    budget = 100 * (1 + records[0]["moves"] + records[1]["moves"]) + 99
     problem = peaked_problem(Meter(budget=budget))
     potential = Potential(problem.model)
     states = []
     post = run(
-        TemperedSMC(num_particles=100),
+        engine,
         potential,
         seed=0,
         meter=problem.meter,
@@ -419,13 +428,65 @@ def test_budget_exhaustion_returns_last_complete_stage():
         callback=lambda state, info: states.append(state),
     )
     assert post.status == Status.BUDGET_EXHAUSTED
-    assert problem.meter.calls <= budget and post.api_calls["calls"] <= budget
-    assert len(states) >= 1 and len(post.diagnostics) == len(states)
+    assert problem.meter.calls == budget - 99 == post.api_calls["calls"] == post.summary["evaluations"]
+    assert len(states) == 2 == len(post.diagnostics) and not states[-1].interrupted
     last = states[-1]
-    assert post.summary["final_beta"] == last.beta < 1.0
+    assert post.summary["final_beta"] == last.beta == records[1]["beta"] < 1.0
     # before beta = 1 the estimate is log Z_beta, never reported as the evidence
     assert math.isnan(post.summary["log_evidence"]) and post.summary["log_normalizer"] == last.log_evidence
     assert torch.equal(post.samples["z"], potential.unpack(last.particles.u)["z"])
+
+
+def test_budget_cutting_a_stage_moves_keeps_the_moves_made():
+    """The queries of an unfinished stage are not lost, and the population targets ``p_beta``.
+
+    ``p_beta ∝ p(z) N(y; G z, sigma^2)^beta`` is the posterior of the same problem with
+    noise scale ``sigma / sqrt(beta)``, so the moved population's mean is checked against
+    that Gaussian at the SMC tolerance of the module docstring.
+    """
+    num_particles = 1000
+    engine = TemperedSMC(num_particles=num_particles)
+    records = _stage_records(engine, peaked_problem)
+    stage = len(records) // 2  # beta about 0.06 of about eight stages
+    assert 0 < stage and records[stage]["moves"] >= 2
+    made = records[stage]["moves"] - 1  # one move short of the plan
+    paid = num_particles * (1 + sum(record["moves"] for record in records[:stage]) + made)
+    problem = peaked_problem(Meter(budget=paid + num_particles - 1))
+    states = []
+    post = run(
+        engine,
+        Potential(problem.model),
+        seed=0,
+        meter=problem.meter,
+        progress=False,
+        callback=lambda state, info: states.append(state),
+    )
+    assert post.status == Status.BUDGET_EXHAUSTED
+    assert problem.meter.calls == paid == post.summary["evaluations"] == post.api_calls["calls"]
+    assert len(post.diagnostics) == stage + 1 and states[-1].interrupted
+    last = post.diagnostics[-1]
+    assert last["interrupted"] and last["moves"] == made
+    beta = last["beta"]
+    assert post.summary["final_beta"] == beta == records[stage]["beta"] < 1.0
+    assert math.isnan(post.summary["log_evidence"])
+    assert post.summary["log_normalizer"] == pytest.approx(records[stage]["log_evidence"], abs=1e-12)
+
+    def target(temperature: float) -> LinearGaussian:
+        noise = problem.noise_scale / math.sqrt(temperature)
+        return LinearGaussian(problem.design, problem.observations, problem.prior_scale, noise)
+
+    z = post.samples["z"].double()
+    mean, var = target(beta).posterior_mean(), target(beta).posterior_cov().diagonal()
+    mean_error = (z.mean(0) - mean).abs()
+    mean_tol = Z * smc_se(var, num_particles)
+    assert torch.all(mean_error <= mean_tol), (mean_error, mean_tol)
+    var_error = (z.var(0, unbiased=False) - var).abs()
+    var_tol = Z * smc_se(2 * var**2, num_particles)
+    assert torch.all(var_error <= var_tol), (var_error, var_tol)
+    # the check tells p_beta from the last complete stage's target and from the posterior
+    for other in (records[stage - 1]["beta"], 1.0):
+        wrong = target(other).posterior_cov().diagonal()
+        assert torch.any((z.var(0, unbiased=False) - wrong).abs() > Z * smc_se(2 * wrong**2, num_particles))
 
 
 def test_budget_below_initial_population():

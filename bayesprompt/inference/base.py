@@ -12,7 +12,10 @@ Every engine follows the BlackJAX shape:
 :func:`run` drives the loop with a progress bar. Because a step either completes and
 returns a new state or raises before returning, a :class:`BudgetExhausted` during a step
 leaves the last complete state intact: the run returns it with status
-``budget_exhausted`` and never loses finished work.
+``budget_exhausted`` and never loses finished work. An engine whose partial step is still
+a valid state may instead catch the refusal, return that state and report
+``budget_exhausted`` from :meth:`Engine.stop_reason` (the SMC engines with Metropolis
+moves keep the moves made in a stage the budget cut short).
 """
 
 from __future__ import annotations

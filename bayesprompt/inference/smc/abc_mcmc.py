@@ -89,8 +89,10 @@ Stopping
 ``max_iterations``
     after ``max_stages`` stages;
 ``budget_exhausted``
-    a move was refused by the meter; :func:`~bayesprompt.inference.base.run` returns
-    the last complete stage (a stage either completes or raises).
+    a move was refused by the meter. A stage with at least one move made is kept with
+    those moves (each leaves ``pi_eps`` invariant, so the queries paid for are not lost)
+    and ends the run as ``interrupted``; if the first move of a stage is refused,
+    :func:`~bayesprompt.inference.base.run` returns the last complete stage.
 
 Choosing ``alpha``: Del Moral et al. use ``alpha = 0.9`` with resampling only when the
 ESS falls below ``N / 2``, i.e. one resampling per ``log 0.5 / log 0.9 ~ 6.6`` stages,
@@ -172,6 +174,8 @@ class AdaptiveABCSMCState:
         Particles evaluated so far (the prior batch and every proposal).
     rng_state : Tensor
         State of the engine's generator.
+    interrupted : bool
+        The budget cut the last stage's moves short (the run ends here).
     """
 
     particles: Evaluation
@@ -183,6 +187,7 @@ class AdaptiveABCSMCState:
     held: int
     simulations: int
     rng_state: torch.Tensor
+    interrupted: bool = False
 
     @property
     def num_particles(self) -> int:
@@ -370,7 +375,7 @@ class AdaptiveABCSMC(Engine[AdaptiveABCSMCState]):
         log_weights = indicator_log_weights(state.distances, epsilon)
         kernel, log_target = self._kernel(state, log_weights, epsilon)
         particles = state.particles.select(resample(log_weights, self.num_particles, generator, self.resampling))
-        particles, rates, scale = rejuvenate(
+        particles, rates, scale, interrupted = rejuvenate(
             potential,
             particles,
             kernel,
@@ -393,11 +398,15 @@ class AdaptiveABCSMC(Engine[AdaptiveABCSMCState]):
             held=state.held + 1 if epsilon >= state.epsilon - EPS_ATOL else 0,
             simulations=state.simulations + len(rates) * self.num_particles,
             rng_state=generator.get_state(),
+            interrupted=interrupted,
         )
         return new, self._info(new, log_weights, rates)
 
     def stop_reason(self, state: AdaptiveABCSMCState) -> str | None:
-        """``finished`` at ``epsilon_min``, ``stalled`` after ``patience`` held stages, or ``max_iterations``."""
+        """``budget_exhausted`` after an interrupted stage, ``finished`` at ``epsilon_min``, ``stalled``
+        after ``patience`` held stages, or ``max_iterations``."""
+        if state.interrupted:
+            return Status.BUDGET_EXHAUSTED
         if state.epsilon <= self.epsilon_min + EPS_ATOL:
             return Status.FINISHED
         if state.held >= self.patience:
@@ -491,6 +500,7 @@ class AdaptiveABCSMC(Engine[AdaptiveABCSMCState]):
             "mean_distance": state.mean_distance,
             "held": state.held,
             "simulations": state.simulations,
+            "interrupted": state.interrupted,
         }
 
 

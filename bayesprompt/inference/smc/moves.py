@@ -19,7 +19,8 @@ pieces here are shared by :class:`~bayesprompt.inference.smc.tempered.TemperedSM
 * :func:`metropolis` -- one move of the whole population, scored in **one**
   ``potential.evaluate`` call;
 * :func:`rejuvenate` -- moves until the planned number is done, re-planned after each
-  move from the mean acceptance rate with :func:`planned_moves`;
+  move from the mean acceptance rate with :func:`planned_moves`; when the meter refuses
+  a move after at least one was made, the moves made are kept (:class:`Rejuvenated`);
 * :func:`adapted_scale` -- the update ``scale *= exp(a - target)``, applied between
   stages (TemperedSMC) or after every move (:func:`rejuvenate` with a target);
 * :func:`sanitised` -- NaN log densities become ``-inf`` (never accepted or resampled).
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
+from bayesprompt.lm.meter import BudgetExhausted
 from bayesprompt.models.potential import Evaluation, Potential, seeded
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "Kernel",
     "LogTarget",
     "Propose",
+    "Rejuvenated",
     "adapted_scale",
     "crank_nicolson",
     "gaussian_log_density",
@@ -219,6 +223,27 @@ def isotropic_gaussian(u: torch.Tensor) -> tuple[float, float]:
     return float(x.mean()), std if std > 0 else 1.0
 
 
+class Rejuvenated(NamedTuple):
+    """What :func:`rejuvenate` returns.
+
+    Attributes
+    ----------
+    particles : Evaluation
+        The moved population.
+    rates : list of float
+        Acceptance rate of every move made.
+    scale : float
+        The step-size multiplier after the last move.
+    interrupted : bool
+        The meter refused a planned move: fewer moves were made than planned.
+    """
+
+    particles: Evaluation
+    rates: list[float]
+    scale: float
+    interrupted: bool = False
+
+
 def rejuvenate(
     potential: Potential,
     particles: Evaluation,
@@ -231,7 +256,7 @@ def rejuvenate(
     scale: float = 1.0,
     target_acceptance: float | None = None,
     max_scale: float = SCALE_BOUNDS[1],
-) -> tuple[Evaluation, list[float], float]:
+) -> Rejuvenated:
     """Metropolis moves until the planned number (re-planned after each move) is done.
 
     Move ``k`` proposes with ``kernel(scale_k)``. With ``target_acceptance`` the scale is
@@ -239,19 +264,35 @@ def rejuvenate(
     it stays ``scale``. Each move costs one ``potential.evaluate`` call on the whole
     population.
 
+    Every move leaves the target invariant, so the population after any number of them
+    still targets it. When the meter refuses a move (:class:`BudgetExhausted`) after at
+    least one was made, the moves made are returned with ``interrupted=True`` instead of
+    being lost; a refused first move raises, as nothing was done.
+
     Returns
     -------
-    (Evaluation, list of float, float)
-        The moved population, the acceptance rate of every move and the final scale.
+    Rejuvenated
+        The moved population, the acceptance rate of every move, the final scale and
+        whether the budget cut the moves short.
+
+    Raises
+    ------
+    BudgetExhausted
+        If the meter refuses the first move.
     """
     rates: list[float] = []
     planned = min_moves
     while len(rates) < planned:
-        particles, rate = metropolis(potential, particles, kernel(scale), generator, log_target)
+        try:
+            particles, rate = metropolis(potential, particles, kernel(scale), generator, log_target)
+        except BudgetExhausted:
+            if not rates:
+                raise
+            return Rejuvenated(particles, rates, scale, interrupted=True)
         rates.append(rate)
         scale = adapted_scale(scale, rate, target_acceptance, max_scale)
         planned = planned_moves(sum(rates) / len(rates), min_moves, max_moves, move_probability)
-    return particles, rates, scale
+    return Rejuvenated(particles, rates, scale)
 
 
 def planned_moves(acceptance: float, min_moves: int, max_moves: int, move_probability: float) -> int:

@@ -26,8 +26,12 @@ coordinates. One :meth:`TemperedSMC.step` is one *stage*:
 6. **Adapt** (optional): ``scale *= exp(a - target_acceptance)`` for the next stage, so
    the kernel is fixed within a stage.
 
-A stage either completes (returning a new immutable state) or raises, e.g.
-:class:`~bayesprompt.lm.meter.BudgetExhausted` from the meter, in which case
+A stage either returns a new immutable state or raises. When the meter refuses a move
+(:class:`~bayesprompt.lm.meter.BudgetExhausted`) after at least one move of the stage,
+the stage is kept with the moves made: each move leaves ``p_beta'`` invariant, so the
+population targets ``p_beta'`` after any number of them, and the queries already paid
+for are not lost. The state is then ``interrupted`` and the run stops with status
+``budget_exhausted``. A refused first move raises, and
 :func:`~bayesprompt.inference.base.run` returns the last complete stage.
 """
 
@@ -87,6 +91,8 @@ class TemperedSMCState:
     reference : (float, float) or None
         Mean and standard deviation of the pCN reference ``N(m, s^2 I)`` (``None`` for
         random-walk moves).
+    interrupted : bool
+        The budget cut the last stage's moves short (the run ends here).
     """
 
     particles: Evaluation
@@ -97,6 +103,7 @@ class TemperedSMCState:
     evaluations: int
     rng_state: torch.Tensor
     reference: tuple[float, float] | None = None
+    interrupted: bool = False
 
 
 class TemperedSMC(Engine[TemperedSMCState]):
@@ -257,7 +264,7 @@ class TemperedSMC(Engine[TemperedSMCState]):
         kernel, log_target = self._kernel(state, increments, beta)  # from the cloud before resampling
         particles = particles.select(resample(increments, len(particles), generator, self.resampling))
         pcn = state.reference is not None  # pCN adapts its step after every move; RW between stages
-        particles, rates, moved_scale = rejuvenate(
+        particles, rates, moved_scale, interrupted = rejuvenate(
             potential,
             particles,
             kernel,
@@ -281,6 +288,7 @@ class TemperedSMC(Engine[TemperedSMCState]):
             evaluations=state.evaluations + len(rates) * len(particles),
             rng_state=generator.get_state(),
             reference=state.reference,
+            interrupted=interrupted,
         )
         info = {
             "stage": new_state.stage,
@@ -291,11 +299,15 @@ class TemperedSMC(Engine[TemperedSMCState]):
             "scale": state.scale,
             "log_evidence": log_evidence,
             "evaluations": new_state.evaluations,
+            "interrupted": interrupted,
         }
         return new_state, info
 
     def stop_reason(self, state: TemperedSMCState) -> str | None:
-        """``finished`` once a stage at ``beta = 1`` is done; ``max_iterations`` after ``max_stages``."""
+        """``budget_exhausted`` after an interrupted stage, ``finished`` once a stage at ``beta = 1``
+        is done, ``max_iterations`` after ``max_stages``."""
+        if state.interrupted:
+            return Status.BUDGET_EXHAUSTED
         if state.beta >= 1.0:
             return Status.FINISHED
         if state.stage >= self.max_stages:
