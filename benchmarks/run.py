@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -74,6 +75,7 @@ __all__ = [
     "SuiteResult",
     "cached_main_records",
     "cell_hash",
+    "code_revision",
     "engine_defaults_warnings",
     "evaluate",
     "main",
@@ -733,10 +735,11 @@ def run_suite(
     cells = list(dict.fromkeys(cells))
     result = SuiteResult(records=[])
     say = log if log is not None else (lambda line: None)
+    revision = code_revision()
     for index, cell in enumerate(cells, 1):
         spec = registry[cell.method]
         digest = cell_hash(config, cell)
-        base = _base_record(config, cell, spec, digest)
+        base = _base_record(config, cell, spec, digest, revision)
         found, how = cache.lookup(cell, digest, spec)
         if how == "cached":
             result.cache_hits += 1
@@ -801,7 +804,30 @@ def cached_main_records(config: BenchmarkConfig, cells: str | Path, registry: Ma
     return [record for record, _ in found if record is not None]
 
 
-def _base_record(config: BenchmarkConfig, cell: Cell, spec: MethodSpec, digest: str) -> dict[str, Any]:
+def code_revision(root: str | Path | None = None) -> str | None:
+    """The git commit the suite's code comes from, to tell later which code made a cell.
+
+    ``<12 hex digits>``, with ``+dirty`` when ``bayesprompt/`` or ``benchmarks/`` (its
+    ``results/`` left out) have uncommitted changes; ``None`` outside a git checkout or
+    without git. ``root`` defaults to the repository holding this module.
+
+    Cell hashes do not cover the engines' code, so a record made before an engine change
+    looks current; its ``code_revision`` says which commit made it.
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=30).stdout
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD").strip()
+        changes = git("status", "--porcelain", "--", "bayesprompt", "benchmarks", ":(exclude)benchmarks/results")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if changes.strip() else "")
+
+
+def _base_record(config: BenchmarkConfig, cell: Cell, spec: MethodSpec, digest: str, revision: str | None = None) -> dict[str, Any]:
     return {
         "task": cell.task,
         "method": cell.method,
@@ -816,6 +842,7 @@ def _base_record(config: BenchmarkConfig, cell: Cell, spec: MethodSpec, digest: 
         **({"bf16_arithmetic": bf16_arithmetic(torch.device("cpu"))} if config.precision == "bf16" else {}),
         "torch_threads": torch.get_num_threads(),
         "model": config.model or ("all-MiniLM-L6-v2 (embedded)" if config.backend == "encoder" else config.backend),
+        "code_revision": revision,
     }
 
 

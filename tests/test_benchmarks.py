@@ -8,6 +8,7 @@ import importlib
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from benchmarks.report import (  # noqa: E402
     format_mean_sd, markdown_report, markdown_table, overview_table, plot_budget_sweep, replace_between_markers,
 )
 from benchmarks.run import (  # noqa: E402
-    BenchmarkConfig, Cell, cached_main_records, cell_hash, config_from_args, main, main_cells, parse_args, preset, run_suite,
+    BenchmarkConfig, Cell, cached_main_records, cell_hash, code_revision, config_from_args, main, main_cells, parse_args, preset, run_suite,
     sweep_cells, write_overview,
 )
 from benchmarks.throughput import measure, write_throughput  # noqa: E402
@@ -119,6 +120,7 @@ def test_a_budget_free_run_that_stopped_by_itself_serves_every_budget_it_fits(tm
     first = run_suite(config, tmp_path / "suite", log=None)
     used = {r["method"]: r["api_calls"] for r in first.records}
     assert all(r["torch_threads"] == torch.get_num_threads() for r in first.records)
+    assert all(r["code_revision"] == code_revision() for r in first.records)
     assert used["smc"] < 2000 and used["eki"] < 2000 and used["bbt"] == 2000  # SMC and EKI stop by themselves
     smaller = max(used["smc"], used["eki"])
     lines = []
@@ -495,6 +497,32 @@ def test_records_say_how_bf16_was_computed(monkeypatch, native):
     bf16 = _base_record(dataclasses.replace(preset("full"), precision="bf16"), cell, spec, "digest")
     assert bf16["bf16_arithmetic"] == ("native" if native else "fp32-accumulate emulation")
     assert "bf16_arithmetic" not in _base_record(dataclasses.replace(preset("full"), precision="fp32"), cell, spec, "digest")
+
+
+def test_records_name_the_code_revision(tmp_path):
+    from benchmarks.run import _base_record
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    assert code_revision(tmp_path) is None  # not a checkout
+    (tmp_path / "bayesprompt").mkdir()
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "bayesprompt" / "engine.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "first")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout
+    assert code_revision(tmp_path) == head[:12]
+    (tmp_path / "benchmarks" / "results" / "cell.json").write_text("{}")  # new results are not code
+    (tmp_path / "notes.md").write_text("elsewhere")
+    assert code_revision(tmp_path) == head[:12]
+    (tmp_path / "bayesprompt" / "engine.py").write_text("x = 2\n")
+    assert code_revision(tmp_path) == head[:12] + "+dirty"
+
+    cell, spec = Cell("sst2", "smc", 0, 2000), default_registry()["smc"]
+    assert _base_record(preset("full"), cell, spec, "digest", "abc")["code_revision"] == "abc"
 
 
 def test_markdown_table_marks_seeds_run_with_emulated_bf16():
