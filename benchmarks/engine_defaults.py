@@ -16,9 +16,17 @@ The defaults are read from the signatures of the objects each
 :class:`~benchmarks.methods.MethodSpec` ``requires``, and of the objects every cell is
 built from (:data:`benchmarks.methods.SHARED_REQUIREMENTS`: the backend, the prompt
 models, the potential, the projection, prediction); callables are named by module and
-qualified name, so the record does not depend on memory addresses. Constants inside the
-method builders of :mod:`benchmarks.methods` (``popsize=20``, budget shares) are not
-signature defaults and are not guarded.
+qualified name, so the record does not depend on memory addresses.
+
+Constants inside the method builders of :mod:`benchmarks.methods` (``popsize=20``, budget
+shares) are not signature defaults. They are guarded by fingerprints of the code instead:
+:func:`source_fingerprints` hashes every top-level function, class and constant of the modules in
+:data:`FINGERPRINTED_MODULES`, as ``ast.unparse`` writes them without docstrings (so
+comments, docstrings and formatting do not count). ``ast.unparse`` may write the same code
+differently under another Python version, so the fingerprints are recorded with the Python
+version and compared only under that version. The engines' own code is not fingerprinted:
+a change there that alters results needs a new :data:`~benchmarks.run.BENCHMARK_VERSION`
+or reruns of the cells it affects (records name their commit, ``code_revision``).
 
 Examples
 --------
@@ -32,24 +40,36 @@ Examples
 
 from __future__ import annotations
 
+import ast
+import copy
+import hashlib
 import importlib
 import inspect
 import json
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FINGERPRINTED_MODULES",
     "RECORD_PATH",
     "changed_defaults",
+    "changed_sources",
     "current_defaults",
     "load_record",
+    "load_sources",
+    "python_version",
     "signature_defaults",
+    "source_fingerprints",
     "write_record",
 ]
 
-#: The recorded defaults (JSON: ``{"benchmark_version": int, "defaults": {requirement: {parameter: repr}}}``).
+#: The recorded defaults (JSON: ``{"benchmark_version": int, "defaults": {requirement: {parameter: repr}},
+#: "python": "3.x", "sources": {"module:name": digest}}``).
 RECORD_PATH = Path(__file__).with_name("engine_defaults.json")
+#: Modules whose top-level functions, classes and constants are fingerprinted (the method builders).
+FINGERPRINTED_MODULES = ("benchmarks.methods",)
 
 
 def _stable_repr(value: Any) -> str:
@@ -108,6 +128,86 @@ def changed_defaults(recorded: Mapping[str, Mapping[str, str]], current: Mapping
     return lines
 
 
+def python_version() -> str:
+    """``"major.minor"`` of the running Python (the fingerprints' validity)."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _without_docstrings(node: ast.AST) -> ast.AST:
+    """A copy of ``node`` with the docstring of every function and class in it removed."""
+    node = copy.deepcopy(node)
+    for child in ast.walk(node):
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            body = child.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                child.body = body[1:] or [ast.Pass()]
+    return node
+
+
+def source_fingerprints(modules: Iterable[str] = FINGERPRINTED_MODULES) -> dict[str, str]:
+    """``{"module:name": digest}`` for every function, class and constant defined at the top of ``modules``.
+
+    The digest (12 hex digits of SHA-256) is of ``ast.unparse`` of the definition without
+    its docstrings: a changed constant or statement changes it, a comment or docstring does not.
+
+    Examples
+    --------
+    >>> fingerprints = source_fingerprints(["benchmarks.engine_defaults"])
+    >>> len(fingerprints["benchmarks.engine_defaults:source_fingerprints"])
+    12
+    """
+    fingerprints: dict[str, str] = {}
+    for module_name in modules:
+        tree = ast.parse(inspect.getsource(importlib.import_module(module_name)))
+        for node in tree.body:
+            name = _defined_name(node)
+            if name is not None:
+                code = ast.unparse(_without_docstrings(node))
+                fingerprints[f"{module_name}:{name}"] = hashlib.sha256(code.encode()).hexdigest()[:12]
+    return fingerprints
+
+
+def _defined_name(node: ast.stmt) -> str | None:
+    """The name a top-level statement defines: a function, a class or a constant (else ``None``)."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return node.name
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+    names = [target.id for target in targets if isinstance(target, ast.Name)]
+    return ", ".join(names) or None
+
+
+def changed_sources(recorded: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
+    """One line per fingerprinted definition that is new, changed or gone (empty: none).
+
+    Examples
+    --------
+    >>> changed_sources({"m:a": "1", "m:b": "2"}, {"m:a": "1", "m:b": "3", "m:c": "4"})
+    ['m:b: code changed', 'm:c: code not recorded']
+    """
+    lines = []
+    for name in sorted(set(recorded) | set(current)):
+        if name not in recorded:
+            lines.append(f"{name}: code not recorded")
+        elif name not in current:
+            lines.append(f"{name}: no longer defined")
+        elif recorded[name] != current[name]:
+            lines.append(f"{name}: code changed")
+    return lines
+
+
+def load_sources(path: str | Path = RECORD_PATH) -> tuple[str | None, dict[str, str]]:
+    """``(python_version, fingerprints)`` from the record file (``(None, {})`` if it has none)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if "sources" not in data:
+            return None, {}
+        return str(data["python"]), {str(k): str(v) for k, v in data["sources"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: cannot read the engine-defaults record ({err})") from err
+
+
 def load_record(path: str | Path = RECORD_PATH) -> tuple[int, dict[str, dict[str, str]]]:
     """``(benchmark_version, defaults)`` from the record file ``path``."""
     path = Path(path)
@@ -118,9 +218,19 @@ def load_record(path: str | Path = RECORD_PATH) -> tuple[int, dict[str, dict[str
         raise ValueError(f"{path}: cannot read the engine-defaults record ({err})") from err
 
 
-def write_record(benchmark_version: int, defaults: Mapping[str, Mapping[str, str]], path: str | Path = RECORD_PATH) -> Path:
-    """Write the record file (sorted, one parameter per line) and return its path."""
+def write_record(
+    benchmark_version: int,
+    defaults: Mapping[str, Mapping[str, str]],
+    path: str | Path = RECORD_PATH,
+    sources: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the record file (sorted, one parameter per line) and return its path.
+
+    ``sources`` (from :func:`source_fingerprints`) are stored with the running Python's version.
+    """
     path = Path(path)
-    payload = {"benchmark_version": benchmark_version, "defaults": defaults}
+    payload: dict[str, Any] = {"benchmark_version": benchmark_version, "defaults": defaults}
+    if sources is not None:
+        payload |= {"python": python_version(), "sources": dict(sources)}
     path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return path

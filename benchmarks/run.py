@@ -917,7 +917,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also write the overview table of the main grid's cached cells into PATH, between the lines "
                              "<!-- overview:begin --> and <!-- overview:end -->")
     parser.add_argument("--record-engine-defaults", action="store_true",
-                        help="record the engines' constructor defaults under the current BENCHMARK_VERSION and exit")
+                        help="record the engines' constructor defaults and the method builders' fingerprints under "
+                             "the current BENCHMARK_VERSION and exit")
     return parser.parse_args(argv)
 
 
@@ -929,12 +930,16 @@ def _requirements(registry: Mapping[str, MethodSpec]) -> list[str]:
 def engine_defaults_warnings(registry: Mapping[str, MethodSpec], record: str | Path = engine_defaults.RECORD_PATH) -> list[str]:
     """Why cached cells may be stale: engine defaults or version differ from ``record`` (empty: none).
 
-    Cell hashes do not cover the engines' constructor defaults; :mod:`benchmarks.engine_defaults`
-    records them instead. Each changed default gives one line, and a record made under another
-    :data:`BENCHMARK_VERSION` gives one.
+    Cell hashes do not cover the engines' constructor defaults nor the method builders' code;
+    :mod:`benchmarks.engine_defaults` records them instead. Each changed default gives one
+    line, each changed builder one (compared only under the Python version of the record),
+    and a record made under another :data:`BENCHMARK_VERSION` gives one.
     """
     version, recorded = engine_defaults.load_record(record)
     lines = engine_defaults.changed_defaults(recorded, engine_defaults.current_defaults(_requirements(registry)))
+    python, sources = engine_defaults.load_sources(record)
+    if python == engine_defaults.python_version():
+        lines += engine_defaults.changed_sources(sources, engine_defaults.source_fingerprints())
     if version != BENCHMARK_VERSION:
         lines.insert(0, f"{record}: recorded under BENCHMARK_VERSION {version}, the code has {BENCHMARK_VERSION}")
     return lines
@@ -976,16 +981,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.record_engine_defaults:
         defaults = engine_defaults.current_defaults(_requirements(registry))
-        path = engine_defaults.write_record(BENCHMARK_VERSION, defaults, engine_defaults.RECORD_PATH)
-        print(f"recorded {len(defaults)} engines' defaults: {path}")
+        sources = engine_defaults.source_fingerprints()
+        path = engine_defaults.write_record(BENCHMARK_VERSION, defaults, engine_defaults.RECORD_PATH, sources)
+        print(f"recorded {len(defaults)} engines' defaults and {len(sources)} builders' fingerprints: {path}")
         return 0
     try:
         stale = engine_defaults_warnings(registry)
     except ValueError as err:
         stale = [f"cannot check: {err}"]
     if stale:
-        print("warning: engine defaults differ from those the cached cells were computed with; bump BENCHMARK_VERSION "
-              "if the change alters results, then rerun with --record-engine-defaults:\n  " + "\n  ".join(stale),
+        print("warning: engine defaults or method builders differ from those the cached cells were computed with; "
+              "if the change alters results, bump BENCHMARK_VERSION or rerun the cells it affects, then record "
+              "with --record-engine-defaults:\n  " + "\n  ".join(stale),
               file=sys.stderr)
     try:
         config = config_from_args(args)

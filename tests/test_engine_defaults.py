@@ -87,12 +87,57 @@ def test_main_warns_about_stale_defaults(monkeypatch, capsys):
     monkeypatch.setattr("benchmarks.run.engine_defaults_warnings", lambda registry: ["x:Engine: alpha 1 -> 2"])
     assert main(["--config", "smoke", "--budgets", "0"]) == 2  # stops at the bad budget, after the warning
     err = capsys.readouterr().err
-    assert "warning: engine defaults differ" in err and "x:Engine: alpha 1 -> 2" in err
+    assert "warning: engine defaults or method builders differ" in err and "x:Engine: alpha 1 -> 2" in err
 
 
 def test_record_command_writes_the_current_defaults(monkeypatch, tmp_path, capsys):
     record = tmp_path / "engine_defaults.json"
     monkeypatch.setattr(engine_defaults, "RECORD_PATH", record)
     assert main(["--record-engine-defaults"]) == 0
-    assert f"engines' defaults: {record}" in capsys.readouterr().out
+    assert f"builders' fingerprints: {record}" in capsys.readouterr().out
     assert engine_defaults.load_record(record) == engine_defaults.load_record()  # the committed record is current
+    assert engine_defaults.load_sources(record)[1] == engine_defaults.source_fingerprints()
+
+
+# ---------------------------------------------------------------------- builders' fingerprints
+def _fingerprint(tmp_path, monkeypatch, name, source):
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return engine_defaults.source_fingerprints([name])
+
+
+def test_fingerprints_follow_code_not_comments_or_docstrings(tmp_path, monkeypatch):
+    base = 'STEPS = 8\n\ndef build(ctx):\n    """Doc."""\n    return ctx.engine(popsize=20)  # a note\n\nclass Spec:\n    pass\n'
+    reworded = base.replace('"""Doc."""', '"""Another doc."""').replace("# a note", "# another note")
+    reformatted = base.replace("popsize=20", "popsize = 20").replace("STEPS = 8", "STEPS=8")
+    constant = base.replace("popsize=20", "popsize=10")
+    prints = [_fingerprint(tmp_path, monkeypatch, f"builders_{i}", source)
+              for i, source in enumerate([base, reworded, reformatted, constant, base.replace("STEPS = 8", "STEPS = 4")])]
+    renamed = [{key.split(":")[1]: value for key, value in p.items()} for p in prints]
+    assert set(renamed[0]) == {"STEPS", "build", "Spec"}
+    assert renamed[0] == renamed[1] == renamed[2]
+    assert engine_defaults.changed_sources(renamed[0], renamed[3]) == ["build: code changed"]
+    assert engine_defaults.changed_sources(renamed[0], renamed[4]) == ["STEPS: code changed"]
+
+
+def test_the_record_fingerprints_the_method_builders():
+    python, sources = engine_defaults.load_sources()
+    assert "benchmarks.methods:_smc_engine" in sources and "benchmarks.methods:EKI_MDA_STEPS" in sources
+    if python != engine_defaults.python_version():
+        pytest.skip(f"fingerprints recorded under Python {python}; ast.unparse may differ under this one")
+    assert engine_defaults.changed_sources(sources, engine_defaults.source_fingerprints()) == []
+
+
+def test_a_changed_builder_is_reported_only_under_the_recorded_python(tmp_path):
+    version, recorded = engine_defaults.load_record()
+    _, sources = engine_defaults.load_sources()
+    sources = {**sources, "benchmarks.methods:_smc_engine": "000000000000"}
+    record = engine_defaults.write_record(version, recorded, tmp_path / "record.json", sources)
+    assert engine_defaults_warnings(default_registry(), record) == ["benchmarks.methods:_smc_engine: code changed"]
+    data = json.loads(record.read_text())
+    data["python"] = "2.7"
+    record.write_text(json.dumps(data))
+    assert engine_defaults_warnings(default_registry(), record) == []
+    del data["sources"], data["python"]  # a record from before the fingerprints
+    record.write_text(json.dumps(data))
+    assert engine_defaults.load_sources(record) == (None, {}) and engine_defaults_warnings(default_registry(), record) == []
