@@ -115,6 +115,10 @@ class MethodContext:
         Where a single-engine method (:func:`fit_engine`) checkpoints its engine state after
         every step, and continues from when a checkpoint is already there
         (:func:`run_engine`); ``None``: no step checkpoints.
+    provenance : dict
+        What the fit runs under beside its options (``bf16_arithmetic``, ``code_revision``),
+        written with the step checkpoints when the fit begins, so that a fit continued
+        elsewhere shows what it began under (:attr:`MethodOutcome.resumed_from`).
     """
 
     task: Task
@@ -131,6 +135,7 @@ class MethodContext:
     options: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
     run_directory: Path | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def meter(self) -> Meter:
@@ -168,9 +173,9 @@ class MethodOutcome:
         that a cell killed during evaluation need not be fitted again.
     resumed_from : dict or None
         ``{"calls", "iteration", "fit_seconds"}`` of the step checkpoint the fit continued
-        from (:func:`run_engine`), and ``"fit_length_bucket"``, the bucket in effect when
-        the fit began (absent for step checkpoints older than :data:`FIT_SETTINGS`);
-        ``None`` for a fit run from its start.
+        from (:func:`run_engine`), and what the fit began under: ``"fit_length_bucket"``,
+        the bucket then in effect, and the :attr:`MethodContext.provenance` entries (each
+        absent for step checkpoints older than it); ``None`` for a fit run from its start.
     """
 
     predictor: Predictor
@@ -367,7 +372,7 @@ def fit_engine(
     return outcome
 
 
-#: In a fit's step-checkpoint folder: the length bucket the fit began under.
+#: In a fit's step-checkpoint folder: the length bucket and provenance the fit began under.
 FIT_SETTINGS = "fit_settings.json"
 
 
@@ -407,7 +412,8 @@ def run_engine(ctx: MethodContext, engine: Engine, potential: Potential) -> tupl
     settings = Path(ctx.run_directory) / FIT_SETTINGS
     if start is None:
         settings.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(settings, json.dumps({"fit_length_bucket": fit_bucket_in_effect(ctx.backend.length_bucket, ctx)}))
+        began = {"fit_length_bucket": fit_bucket_in_effect(ctx.backend.length_bucket, ctx), **ctx.provenance}
+        atomic_write_text(settings, json.dumps(began))
     identity = config_digest({"engine": engine.name, "seed": ctx.seed, "budget": ctx.meter.budget})
     posterior, _ = run_with_checkpoints(engine, potential, run_dir, seed=ctx.seed, meter=ctx.meter,
                                         config_sha256=identity, start=start, codec=codec, progress=ctx.progress)
@@ -415,7 +421,7 @@ def run_engine(ctx: MethodContext, engine: Engine, potential: Potential) -> tupl
         return posterior, None
     resumed_from = {"calls": int(start.meter["calls"]), "iteration": start.iteration, "fit_seconds": start.elapsed_seconds}
     if settings.is_file():  # absent in step checkpoints older than it
-        resumed_from["fit_length_bucket"] = json.loads(settings.read_text())["fit_length_bucket"]
+        resumed_from |= json.loads(settings.read_text())
     return posterior, resumed_from
 
 

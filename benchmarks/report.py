@@ -130,6 +130,10 @@ def markdown_table(
     if any(r.get("status") == "ok" and _emulated_bf16(r) for r in mine):
         lines += ["", "(k emulated bf16): k of the seeds ran on a CPU without bf16 units, their GEMMs as fp32 GEMMs on "
                       "bf16-rounded operands (`bayesprompt.lm.precision`): the same arithmetic, in another order of accumulation."]
+    if any(r.get("status") == "ok" and _partly_emulated_bf16(r) for r in mine):
+        lines += ["", "(k partly emulated bf16): k of the seeds were fitted or evaluated partly on bf16 units and partly "
+                      "with emulated bf16 (a fit resumed or evaluated on another machine: `bf16_arithmetic_before_resume`, "
+                      "`bf16_arithmetic_of_fit`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -368,6 +372,8 @@ def _group_cells(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     marks += [f"{partly} partly in chunks"] if partly else []
     emulated = sum(1 for r in ok if _emulated_bf16(r))
     marks += [f"{emulated} emulated bf16"] if emulated else []
+    partly_emulated = sum(1 for r in ok if _partly_emulated_bf16(r))
+    marks += [f"{partly_emulated} partly emulated bf16"] if partly_emulated else []
     marks += [f"{failed} failed"] if failed else []
     cells.append(f"{len(ok)}" + (f" ({', '.join(marks)})" if marks else ""))
     return cells
@@ -405,9 +411,25 @@ def _is_white_box(record: Mapping[str, Any]) -> bool:
     return "backward_passes" in (record.get("summary") or {})
 
 
+def _bf16_arithmetics(record: Mapping[str, Any]) -> set[str]:
+    """How the record's bf16 GEMMs were computed in each part of the cell (empty: not bf16).
+
+    Records before 2026-12-06 ran on bf16 units (``native``).
+    """
+    if record.get("precision") != "bf16":
+        return set()
+    keys = ("bf16_arithmetic", "bf16_arithmetic_before_resume", "bf16_arithmetic_of_fit")
+    return {record.get(key, "native") for key in keys if key in record or key == "bf16_arithmetic"}
+
+
 def _emulated_bf16(record: Mapping[str, Any]) -> bool:
-    """Whether the record's bf16 GEMMs were emulated in fp32 (records before 2026-12-06 ran on bf16 units)."""
-    return record.get("precision") == "bf16" and record.get("bf16_arithmetic", "native") != "native"
+    """Whether every part of the record's bf16 GEMMs was emulated in fp32."""
+    return bool(arithmetics := _bf16_arithmetics(record)) and "native" not in arithmetics
+
+
+def _partly_emulated_bf16(record: Mapping[str, Any]) -> bool:
+    """Whether some parts of the cell ran on bf16 units and others with emulated bf16."""
+    return len(_bf16_arithmetics(record)) > 1
 
 
 def _partly_chunked(record: Mapping[str, Any]) -> bool:

@@ -67,6 +67,7 @@ from bayesprompt.runs import RunDirectory, RunDirectoryError
 __all__ = [
     "BENCHMARK_VERSION",
     "OOD_PAIRS",
+    "PROVENANCE_KEYS",
     "SUITE_TASKS",
     "BenchmarkConfig",
     "Cell",
@@ -415,6 +416,7 @@ def run_cell(
     resources: Resources,
     progress: bool = False,
     checkpoint: str | Path | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit ``spec`` in ``cell`` and evaluate it; return the cell's record (raises on failure).
 
@@ -422,7 +424,12 @@ def run_cell(
     (:mod:`benchmarks.checkpoint`); if that folder already holds a finished fit, it is
     evaluated without fitting again and the record says ``resumed_fit``. The caller
     removes the folder once the record is saved.
+
+    ``provenance`` (``bf16_arithmetic``, ``code_revision``: what this process runs under,
+    as in the record) is kept with the step checkpoints and the saved fit. Where a part of
+    the cell ran under other values, the record says so (:func:`_provenance_changes`).
     """
+    provenance = dict(provenance or {})
     started = time.perf_counter()
     task = get_task(cell.task)
     meter = Meter(cell.budget)
@@ -445,12 +452,14 @@ def run_cell(
         options=config.options_for(cell.method),
         progress=progress,
         run_directory=None if checkpoint is None else Path(checkpoint) / STEP_CHECKPOINTS,
+        provenance=provenance,
     )
     restored = load_fit(ctx, checkpoint) if checkpoint is not None else None
     if restored is not None:
         outcome, fit_info = restored
         inference_calls, fit_seconds, resumed_from = fit_info["api_usage"], fit_info["fit_seconds"], fit_info.get("resumed_from")
         fit_bucket = fit_info.get("fit_length_bucket", fit_bucket_in_effect(backend.length_bucket, ctx))
+        fitted_under = fit_info.get("provenance", {})  # absent in fits saved before it: unknown
     else:
         with torch.random.fork_rng(devices=[]):  # engines use their own generators; this pins anything else
             torch.manual_seed(cell.seed)
@@ -461,9 +470,11 @@ def run_cell(
         fit_seconds += 0.0 if resumed_from is None else resumed_from["fit_seconds"]
         inference_calls = meter.snapshot().to_dict()
         fit_bucket = fit_bucket_in_effect(backend.length_bucket, ctx)
+        fitted_under = provenance
         if checkpoint is not None and outcome.fitted is not None:
             save_fit(outcome, checkpoint, {"api_usage": inference_calls, "fit_seconds": fit_seconds,
-                                           "resumed_from": resumed_from, "fit_length_bucket": fit_bucket})
+                                           "resumed_from": resumed_from, "fit_length_bucket": fit_bucket,
+                                           "provenance": provenance})
     meter.budget = None  # evaluation is metered, not budgeted
     calls_before_evaluation = meter.calls
     eval_started = time.perf_counter()
@@ -482,7 +493,7 @@ def run_cell(
         "evaluation_seconds": eval_seconds,
         "evaluation_length_bucket": evaluation_bucket,
         "fit_length_bucket": fit_bucket,
-        **_bucket_before_resume(resumed_from, fit_bucket),
+        **_provenance_changes(provenance, {"fit_length_bucket": fit_bucket, **fitted_under}, resumed_from),
         "wall_seconds": time.perf_counter() - started,
         "num_samples": outcome.num_samples,
         "prediction_samples": outcome.prediction_samples,
@@ -495,15 +506,44 @@ def run_cell(
     }
 
 
-def _bucket_before_resume(resumed_from: Mapping[str, Any] | None, fit_bucket: int | None) -> dict[str, Any]:
-    """``{"fit_length_bucket_before_resume": b}`` when a resumed fit began under another bucket ``b``.
+def _provenance_changes(
+    evaluated_under: Mapping[str, Any], fitted_under: Mapping[str, Any], resumed_from: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Record entries for the parts of a cell that ran under other settings than the record says.
 
-    Empty when the fit was not resumed, began under the same bucket, or began before step
-    checkpoints recorded their bucket (unknown).
+    Parameters
+    ----------
+    evaluated_under : mapping
+        This process's provenance (``bf16_arithmetic``, ``code_revision``), as in the record.
+    fitted_under : mapping
+        What the fit ended under: ``fit_length_bucket`` and the provenance of the process
+        that finished it (only the bucket for a fit saved before provenance was kept).
+    resumed_from : mapping or None
+        The step checkpoint the fit continued from, with what the fit began under.
+
+    Returns
+    -------
+    dict
+        ``"<key>_before_resume"`` for a setting the fit began under and changed on resume
+        (``fit_length_bucket_before_resume``: part of the fit ran in chunks, part as one
+        batch), and ``"<key>_of_fit"`` for a provenance entry of a saved fit that differs
+        from this process's (a fit made on one machine, evaluated on another).
+
+    Examples
+    --------
+    >>> _provenance_changes({"bf16_arithmetic": "native"}, {"fit_length_bucket": 16, "bf16_arithmetic": "native"},
+    ...                     {"calls": 64, "fit_length_bucket": None, "bf16_arithmetic": "native"})
+    {'fit_length_bucket_before_resume': None}
+    >>> _provenance_changes({"code_revision": "b"}, {"fit_length_bucket": None, "code_revision": "a"}, None)
+    {'code_revision_of_fit': 'a'}
     """
-    if resumed_from is None or "fit_length_bucket" not in resumed_from or resumed_from["fit_length_bucket"] == fit_bucket:
-        return {}
-    return {"fit_length_bucket_before_resume": resumed_from["fit_length_bucket"]}
+    changes: dict[str, Any] = {}
+    if resumed_from is not None:
+        changes |= {f"{key}_before_resume": resumed_from[key] for key, value in fitted_under.items()
+                    if key in resumed_from and resumed_from[key] != value}
+    changes |= {f"{key}_of_fit": value for key, value in fitted_under.items()
+                if key in evaluated_under and evaluated_under[key] != value}
+    return changes
 
 
 @contextlib.contextmanager
@@ -767,7 +807,9 @@ def run_suite(
         if saved:
             say(f"[{index}/{len(cells)}] {_name(cell)}: continuing ({saved})")
         try:
-            record = {**base, **run_cell(config, cell, spec, resources, progress, checkpoint=cache.checkpoint(cell, digest))}
+            provenance = {key: base[key] for key in PROVENANCE_KEYS if key in base}
+            record = {**base, **run_cell(config, cell, spec, resources, progress, checkpoint=cache.checkpoint(cell, digest),
+                                         provenance=provenance)}
             result.ran += 1
             resumed = " (fit from checkpoint)" if record.get("resumed_fit") else ""
             say(f"[{index}/{len(cells)}] {_name(cell)}: {record['metric_name']} {record['metric']:.4f}, "
@@ -802,6 +844,10 @@ def cached_main_records(config: BenchmarkConfig, cells: str | Path, registry: Ma
     cache = CellCache(cells)
     found = (cache.lookup(cell, cell_hash(config, cell), registry[cell.method]) for cell in main_cells(config, registry))
     return [record for record, _ in found if record is not None]
+
+
+#: Record entries that say what a cell ran under beside its settings; kept through resumed fits.
+PROVENANCE_KEYS = ("bf16_arithmetic", "code_revision")
 
 
 def code_revision(root: str | Path | None = None) -> str | None:

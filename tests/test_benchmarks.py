@@ -243,6 +243,41 @@ def test_a_fit_resumed_under_another_length_bucket_records_both(tmp_path, data_d
     assert saved["resumed_fit"] and saved["fit_length_bucket"] == 3  # the fit's bucket, not the evaluation run's
 
 
+def test_records_say_what_a_resumed_or_saved_fit_ran_under(tmp_path, data_dir, monkeypatch):
+    """bf16 arithmetic and code revision of a fit's first part survive a kill, in both checkpoints."""
+    import benchmarks.run as bench_run
+    from bayesprompt.runs import RunDirectory
+
+    def machine(native, revision):
+        monkeypatch.setattr("bayesprompt.lm.precision.native_bf16", lambda device: native)
+        monkeypatch.setattr(bench_run, "code_revision", lambda: revision)
+
+    config = fake_config(data_dir, methods=("smc-temp",), budgets=(400,), precision="bf16")
+    real_write, real_evaluate = RunDirectory.write_checkpoint, bench_run.evaluate
+    machine(True, "aaaa")
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", _dies_at_step_three(real_write))
+    for out in ("same", "moved"):
+        assert run_suite(config, tmp_path / out, log=None).errors == 1
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", real_write)
+    same = run_suite(config, tmp_path / "same", log=None).records[0]
+    assert same["resumed_fit_at_calls"] > 0 and same["code_revision"] == "aaaa"
+    assert not [key for key in same if key.endswith(("_before_resume", "_of_fit"))]
+    machine(False, "bbbb")
+    moved = run_suite(config, tmp_path / "moved", log=None).records[0]
+    assert (moved["bf16_arithmetic"], moved["code_revision"]) == ("fp32-accumulate emulation", "bbbb")
+    assert moved["bf16_arithmetic_before_resume"] == "native" and moved["code_revision_before_resume"] == "aaaa"
+    assert not [key for key in moved if key.endswith("_of_fit")]
+
+    machine(True, "aaaa")
+    monkeypatch.setattr(bench_run, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    assert run_suite(config, tmp_path / "saved", log=None).errors == 1  # fitted, then killed
+    monkeypatch.setattr(bench_run, "evaluate", real_evaluate)
+    machine(False, "bbbb")
+    saved = run_suite(config, tmp_path / "saved", log=None).records[0]
+    assert saved["resumed_fit"] and saved["code_revision"] == "bbbb"
+    assert saved["code_revision_of_fit"] == "aaaa" and saved["bf16_arithmetic_of_fit"] == "native"
+
+
 def test_a_corrupt_fit_checkpoint_is_reported_by_file(tmp_path, data_dir):
     config = fake_config(data_dir, methods=("smc",))
     cell = main_cells(config, default_registry())[0]
@@ -532,6 +567,13 @@ def test_markdown_table_marks_seeds_run_with_emulated_bf16():
     table = markdown_table(records, "sst2")
     assert "| 3 (1 emulated bf16) |" in table and "(k emulated bf16): k of the seeds ran on a CPU without bf16 units" in table
     assert "emulated" not in markdown_table(records[:2], "sst2")
+    emulation = "fp32-accumulate emulation"
+    mixed = [synthetic("sst2", "smc", 0, 0.7, precision="bf16", bf16_arithmetic=emulation, bf16_arithmetic_before_resume="native"),
+             synthetic("sst2", "smc", 1, 0.7, precision="bf16", bf16_arithmetic="native", bf16_arithmetic_of_fit=emulation),
+             synthetic("sst2", "smc", 2, 0.7, precision="bf16", bf16_arithmetic=emulation, bf16_arithmetic_of_fit=emulation)]
+    table = markdown_table(mixed, "sst2")
+    assert "| 3 (1 emulated bf16, 2 partly emulated bf16) |" in table
+    assert "(k partly emulated bf16): k of the seeds were fitted or evaluated partly on bf16 units" in table
 
 
 def test_overview_table_ranks_black_box_methods_over_equal_seeds():
