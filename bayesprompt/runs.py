@@ -375,13 +375,16 @@ class _Decoder:
             )
         declared = list(dataclasses.fields(cls))
         stored = node["fields"]
-        if set(stored) != {f.name for f in declared}:
+        # A field added to the class since the archive was written is filled with its default
+        # (e.g. TemperedSMCState.interrupted); an unknown or a missing required field is an error.
+        defaulted = {f.name for f in declared if f.init and f.name not in stored and _has_default(f)}
+        if set(stored) | defaulted != {f.name for f in declared}:
             raise StateSerializationError(
                 f"{path}: {name} has fields {sorted(f.name for f in declared)}, the archive has {sorted(stored)} "
                 "(written by another version of the class?)"
             )
-        values = {f.name: self.node(stored[f.name], f"{path}.{f.name}") for f in declared}
-        instance = cls(**{f.name: values[f.name] for f in declared if f.init})
+        values = {f.name: self.node(stored[f.name], f"{path}.{f.name}") for f in declared if f.name in stored}
+        instance = cls(**{f.name: values[f.name] for f in declared if f.init and f.name in values})
         for f in declared:
             if not f.init:
                 object.__setattr__(instance, f.name, values[f.name])
@@ -400,6 +403,10 @@ class _Decoder:
 def _is_pycma_strategy(value: Any) -> bool:
     module = type(value).__module__
     return (module == "cma" or module.startswith("cma.")) and hasattr(value, "pickle_dumps")
+
+
+def _has_default(field: dataclasses.Field) -> bool:
+    return field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

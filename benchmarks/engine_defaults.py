@@ -20,11 +20,12 @@ qualified name, so the record does not depend on memory addresses.
 
 Constants inside the method builders of :mod:`benchmarks.methods` (``popsize=20``, budget
 shares) are not signature defaults. They are guarded by fingerprints of the code instead:
-:func:`source_fingerprints` hashes every top-level function, class and constant of the modules in
+:func:`source_fingerprints` hashes the top-level code (functions, classes, constants, imports) of the modules in
 :data:`FINGERPRINTED_MODULES`, as ``ast.unparse`` writes them without docstrings (so
-comments, docstrings and formatting do not count). ``ast.unparse`` may write the same code
-differently under another Python version, so the fingerprints are recorded with the Python
-version and compared only under that version. The engines' own code is not fingerprinted:
+comments, docstrings and formatting do not count). ``ast.unparse`` could write the same code
+differently under another Python version (3.11, 3.12 and 3.13 write ``benchmarks/methods.py``
+alike), so the record keeps the Python version, and a difference found under another one
+says so. The engines' own code is not fingerprinted:
 a change there that alters results needs a new :data:`~benchmarks.run.BENCHMARK_VERSION`
 or reruns of the cells it affects (records name their commit, ``code_revision``).
 
@@ -129,7 +130,7 @@ def changed_defaults(recorded: Mapping[str, Mapping[str, str]], current: Mapping
 
 
 def python_version() -> str:
-    """``"major.minor"`` of the running Python (the fingerprints' validity)."""
+    """``"major.minor"`` of the running Python (recorded with the fingerprints)."""
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
@@ -137,44 +138,63 @@ def _without_docstrings(node: ast.AST) -> ast.AST:
     """A copy of ``node`` with the docstring of every function and class in it removed."""
     node = copy.deepcopy(node)
     for child in ast.walk(node):
-        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            body = child.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                child.body = body[1:] or [ast.Pass()]
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and child.body and _is_docstring(child.body[0]):
+            child.body = child.body[1:] or [ast.Pass()]
     return node
 
 
 def source_fingerprints(modules: Iterable[str] = FINGERPRINTED_MODULES) -> dict[str, str]:
-    """``{"module:name": digest}`` for every function, class and constant defined at the top of ``modules``.
+    """``{"module:name": digest}`` for the top-level code of ``modules``.
 
-    The digest (12 hex digits of SHA-256) is of ``ast.unparse`` of the definition without
-    its docstrings: a changed constant or statement changes it, a comment or docstring does not.
+    Every function, class and constant gets its own entry; the imports share one
+    (``module:<imports>``) and any other statement (a tuple assignment, an ``if`` block)
+    another (``module:<other>``); only the module docstring is left out. The digest (12 hex
+    digits of SHA-256) is of ``ast.unparse`` of the code without docstrings: a changed
+    constant, statement or import changes it, a comment or docstring does not.
+
+    Raises
+    ------
+    ValueError
+        If a module cannot be imported or its source cannot be read.
 
     Examples
     --------
     >>> fingerprints = source_fingerprints(["benchmarks.engine_defaults"])
     >>> len(fingerprints["benchmarks.engine_defaults:source_fingerprints"])
     12
+    >>> "benchmarks.engine_defaults:<imports>" in fingerprints
+    True
     """
     fingerprints: dict[str, str] = {}
     for module_name in modules:
-        tree = ast.parse(inspect.getsource(importlib.import_module(module_name)))
-        for node in tree.body:
-            name = _defined_name(node)
-            if name is not None:
-                code = ast.unparse(_without_docstrings(node))
-                fingerprints[f"{module_name}:{name}"] = hashlib.sha256(code.encode()).hexdigest()[:12]
+        try:
+            source = inspect.getsource(importlib.import_module(module_name))
+        except (ImportError, OSError, TypeError) as err:
+            raise ValueError(f"cannot read the source of {module_name} to fingerprint it ({err})") from err
+        groups: dict[str, list[str]] = {}
+        for index, node in enumerate(ast.parse(source).body):
+            if index == 0 and _is_docstring(node):
+                continue
+            groups.setdefault(_defined_name(node), []).append(ast.unparse(_without_docstrings(node)))
+        for name, codes in groups.items():
+            fingerprints[f"{module_name}:{name}"] = hashlib.sha256("\n".join(codes).encode()).hexdigest()[:12]
     return fingerprints
 
 
-def _defined_name(node: ast.stmt) -> str | None:
-    """The name a top-level statement defines: a function, a class or a constant (else ``None``)."""
+def _defined_name(node: ast.stmt) -> str:
+    """The entry a top-level statement belongs to: the function, class or constant it defines,
+    ``<imports>`` or ``<other>``."""
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         return node.name
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return "<imports>"
     targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
     names = [target.id for target in targets if isinstance(target, ast.Name)]
-    return ", ".join(names) or None
+    return ", ".join(names) if names and len(names) == len(targets) else "<other>"
+
+
+def _is_docstring(node: ast.AST) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
 
 
 def changed_sources(recorded: Mapping[str, str], current: Mapping[str, str]) -> list[str]:

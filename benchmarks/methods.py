@@ -59,6 +59,7 @@ __all__ = [
     "BudgetPolicy",
     "SHARED_REQUIREMENTS",
     "FIT_SETTINGS",
+    "fit_parts",
     "MethodContext",
     "MethodOutcome",
     "MethodSpec",
@@ -173,9 +174,11 @@ class MethodOutcome:
         that a cell killed during evaluation need not be fitted again.
     resumed_from : dict or None
         ``{"calls", "iteration", "fit_seconds"}`` of the step checkpoint the fit continued
-        from (:func:`run_engine`), and what the fit began under: ``"fit_length_bucket"``,
-        the bucket then in effect, and the :attr:`MethodContext.provenance` entries (each
-        absent for step checkpoints older than it); ``None`` for a fit run from its start.
+        from (:func:`run_engine`), and ``"fit_parts"``: what each earlier part of the fit
+        ran under (the part from its start, then one per earlier resume), each
+        ``{"fit_length_bucket", **provenance}`` (absent for step checkpoints older than
+        :data:`FIT_SETTINGS`; a part from before provenance was kept has only the bucket);
+        ``None`` for a fit run from its start.
     """
 
     predictor: Predictor
@@ -372,7 +375,8 @@ def fit_engine(
     return outcome
 
 
-#: In a fit's step-checkpoint folder: the length bucket and provenance the fit began under.
+#: In a fit's step-checkpoint folder: the length bucket and provenance of each part of the fit
+#: (``{"parts": [...]}``, one part per start or resume).
 FIT_SETTINGS = "fit_settings.json"
 
 
@@ -410,19 +414,31 @@ def run_engine(ctx: MethodContext, engine: Engine, potential: Potential) -> tupl
     run_dir, codec = RunDirectory(ctx.run_directory), StateCodec()
     start = run_dir.read_checkpoint(codec) if run_dir.has_checkpoint() else None
     settings = Path(ctx.run_directory) / FIT_SETTINGS
-    if start is None:
-        settings.parent.mkdir(parents=True, exist_ok=True)
-        began = {"fit_length_bucket": fit_bucket_in_effect(ctx.backend.length_bucket, ctx), **ctx.provenance}
-        atomic_write_text(settings, json.dumps(began))
+    earlier = [] if start is None else fit_parts(settings)
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    here = {"fit_length_bucket": fit_bucket_in_effect(ctx.backend.length_bucket, ctx), **ctx.provenance}
+    atomic_write_text(settings, json.dumps({"parts": [*earlier, here]}))  # before running: a kill keeps it
     identity = config_digest({"engine": engine.name, "seed": ctx.seed, "budget": ctx.meter.budget})
     posterior, _ = run_with_checkpoints(engine, potential, run_dir, seed=ctx.seed, meter=ctx.meter,
                                         config_sha256=identity, start=start, codec=codec, progress=ctx.progress)
     if start is None:
         return posterior, None
     resumed_from = {"calls": int(start.meter["calls"]), "iteration": start.iteration, "fit_seconds": start.elapsed_seconds}
-    if settings.is_file():  # absent in step checkpoints older than it
-        resumed_from |= json.loads(settings.read_text())
+    if earlier:  # unknown for step checkpoints older than FIT_SETTINGS
+        resumed_from["fit_parts"] = earlier
     return posterior, resumed_from
+
+
+def fit_parts(settings: Path) -> list[dict[str, Any]]:
+    """What each earlier part of a resumed fit ran under, oldest first, from its :data:`FIT_SETTINGS`.
+
+    Reads the current layout ``{"parts": [...]}`` and the older one-part layout (the settings
+    the fit began under, top level); a missing file gives ``[]`` (unknown).
+    """
+    if not settings.is_file():
+        return []
+    data = json.loads(settings.read_text())
+    return [dict(part) for part in data["parts"]] if "parts" in data else [dict(data)]
 
 
 def _temperature_summary(posterior: Posterior) -> dict[str, float]:

@@ -27,7 +27,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+#: Suffixes of the record entries that hold what earlier parts of a cell ran under
+#: (``fit_length_bucket_before_resume``, ``bf16_arithmetic_of_fit``; see ``benchmarks.run``).
+BEFORE_RESUME, OF_FIT = "_before_resume", "_of_fit"
+
 __all__ = [
+    "BEFORE_RESUME",
+    "OF_FIT",
     "format_mean_sd",
     "group_records",
     "markdown_report",
@@ -418,7 +424,7 @@ def _bf16_arithmetics(record: Mapping[str, Any]) -> set[str]:
     """
     if record.get("precision") != "bf16":
         return set()
-    keys = ("bf16_arithmetic", "bf16_arithmetic_before_resume", "bf16_arithmetic_of_fit")
+    keys = ("bf16_arithmetic", f"bf16_arithmetic{BEFORE_RESUME}", f"bf16_arithmetic{OF_FIT}")
     return {record.get(key, "native") for key in keys if key in record or key == "bf16_arithmetic"}
 
 
@@ -434,7 +440,8 @@ def _partly_emulated_bf16(record: Mapping[str, Any]) -> bool:
 
 def _partly_chunked(record: Mapping[str, Any]) -> bool:
     """Whether a resumed fit ran under two length buckets (see ``fit_length_bucket_before_resume``)."""
-    return "fit_length_bucket_before_resume" in record and record["fit_length_bucket_before_resume"] != record.get("fit_length_bucket")
+    key = f"fit_length_bucket{BEFORE_RESUME}"
+    return key in record and record[key] != record.get("fit_length_bucket")
 
 
 def _coverage_table(records: Sequence[Mapping[str, Any]], method_order: Sequence[str] | None) -> str:

@@ -52,6 +52,7 @@ import torch
 
 from benchmarks import engine_defaults
 from benchmarks.checkpoint import STEP_CHECKPOINTS, load_fit, save_fit
+from benchmarks.report import BEFORE_RESUME, OF_FIT
 from benchmarks.methods import (
     SHARED_REQUIREMENTS, MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget,
     fit_bucket_in_effect,
@@ -519,31 +520,44 @@ def _provenance_changes(
         What the fit ended under: ``fit_length_bucket`` and the provenance of the process
         that finished it (only the bucket for a fit saved before provenance was kept).
     resumed_from : mapping or None
-        The step checkpoint the fit continued from, with what the fit began under.
+        The step checkpoint the fit continued from, with ``fit_parts``: what each earlier
+        part of the fit ran under (:attr:`~benchmarks.methods.MethodOutcome.resumed_from`).
 
     Returns
     -------
     dict
-        ``"<key>_before_resume"`` for a setting the fit began under and changed on resume
-        (``fit_length_bucket_before_resume``: part of the fit ran in chunks, part as one
-        batch), and ``"<key>_of_fit"`` for a provenance entry of a saved fit that differs
-        from this process's (a fit made on one machine, evaluated on another).
+        ``"<key>_before_resume"``: the first value an earlier part of the fit ran under that
+        differs from the end's (``fit_length_bucket_before_resume``: part of the fit ran in
+        chunks, part as one batch); ``"<key>_of_fit"``: a provenance entry of a saved fit
+        that differs from this process's (a fit made on one machine, evaluated on another).
 
     Examples
     --------
-    >>> _provenance_changes({"bf16_arithmetic": "native"}, {"fit_length_bucket": 16, "bf16_arithmetic": "native"},
-    ...                     {"calls": 64, "fit_length_bucket": None, "bf16_arithmetic": "native"})
+    >>> native = {"bf16_arithmetic": "native"}
+    >>> _provenance_changes(native, {"fit_length_bucket": 16, **native},
+    ...                     {"calls": 64, "fit_parts": [{"fit_length_bucket": None, **native}]})
     {'fit_length_bucket_before_resume': None}
     >>> _provenance_changes({"code_revision": "b"}, {"fit_length_bucket": None, "code_revision": "a"}, None)
     {'code_revision_of_fit': 'a'}
     """
+    parts = _earlier_parts(resumed_from)
     changes: dict[str, Any] = {}
-    if resumed_from is not None:
-        changes |= {f"{key}_before_resume": resumed_from[key] for key, value in fitted_under.items()
-                    if key in resumed_from and resumed_from[key] != value}
-    changes |= {f"{key}_of_fit": value for key, value in fitted_under.items()
+    for key, value in fitted_under.items():
+        other = [part[key] for part in parts if key in part and part[key] != value]
+        if other:
+            changes[f"{key}{BEFORE_RESUME}"] = other[0]
+    changes |= {f"{key}{OF_FIT}": value for key, value in fitted_under.items()
                 if key in evaluated_under and evaluated_under[key] != value}
     return changes
+
+
+def _earlier_parts(resumed_from: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """``resumed_from["fit_parts"]``; a saved fit of older code kept only the starting bucket."""
+    if resumed_from is None:
+        return []
+    if "fit_parts" in resumed_from:
+        return list(resumed_from["fit_parts"])
+    return [{"fit_length_bucket": resumed_from["fit_length_bucket"]}] if "fit_length_bucket" in resumed_from else []
 
 
 @contextlib.contextmanager
@@ -862,8 +876,9 @@ def code_revision(root: str | Path | None = None) -> str | None:
     """
     root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=30).stdout
+    def git(*args: str) -> str:  # no index lock: a long suite must not block the developer's git
+        command = ["git", "--no-optional-locks", "-C", str(root), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
 
     try:
         head = git("rev-parse", "--short=12", "HEAD").strip()
@@ -978,14 +993,18 @@ def engine_defaults_warnings(registry: Mapping[str, MethodSpec], record: str | P
 
     Cell hashes do not cover the engines' constructor defaults nor the method builders' code;
     :mod:`benchmarks.engine_defaults` records them instead. Each changed default gives one
-    line, each changed builder one (compared only under the Python version of the record),
-    and a record made under another :data:`BENCHMARK_VERSION` gives one.
+    line, each changed builder one (noting a Python version other than the record's), and a
+    record made under another :data:`BENCHMARK_VERSION` gives one.
     """
     version, recorded = engine_defaults.load_record(record)
     lines = engine_defaults.changed_defaults(recorded, engine_defaults.current_defaults(_requirements(registry)))
     python, sources = engine_defaults.load_sources(record)
-    if python == engine_defaults.python_version():
-        lines += engine_defaults.changed_sources(sources, engine_defaults.source_fingerprints())
+    if python is not None:
+        changed = engine_defaults.changed_sources(sources, engine_defaults.source_fingerprints())
+        if changed and python != engine_defaults.python_version():
+            changed = [f"{line} (recorded under Python {python}, this is {engine_defaults.python_version()}: "
+                       "ast.unparse may write the same code differently)" for line in changed]
+        lines += changed
     if version != BENCHMARK_VERSION:
         lines.insert(0, f"{record}: recorded under BENCHMARK_VERSION {version}, the code has {BENCHMARK_VERSION}")
     return lines

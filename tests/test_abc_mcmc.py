@@ -214,7 +214,7 @@ def test_budget_exhausted_keeps_the_moves_of_the_unfinished_stage():
     posterior = run(engine, potential, seed=0, meter=meter, progress=False, callback=history)
     assert posterior.status == Status.BUDGET_EXHAUSTED
     last = history[-1]
-    # the 10 paid moves are all in the returned population; the 11th was refused
+    # the 9 paid moves after the prior batch are all in the returned population; the 10th was refused
     assert last.interrupted and posterior.diagnostics[-1]["interrupted"]
     assert last.simulations == meter.calls == posterior.summary["simulations"] == 1000
     unfinished = posterior.diagnostics[-1]["moves"]

@@ -8,6 +8,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,10 +178,10 @@ def test_a_cell_killed_during_evaluation_resumes_from_its_fit(tmp_path, data_dir
     assert min(r["api_calls"] for r in resumed.records if r["method"] in ("smc", "abc-mcmc")) > 0
 
 
-def _dies_at_step_three(real_write):
-    """A ``RunDirectory.write_checkpoint`` that kills the fit when step 3 would be saved."""
+def _dies_at_step_three(real_write, step=3):
+    """A ``RunDirectory.write_checkpoint`` that kills the fit when step 3 (or ``step``) would be saved."""
     def write(self, checkpoint, codec):
-        if checkpoint.iteration == 3:
+        if checkpoint.iteration == step:
             raise RuntimeError("killed during the fit")
         return real_write(self, checkpoint, codec)
 
@@ -252,7 +253,7 @@ def test_records_say_what_a_resumed_or_saved_fit_ran_under(tmp_path, data_dir, m
         monkeypatch.setattr("bayesprompt.lm.precision.native_bf16", lambda device: native)
         monkeypatch.setattr(bench_run, "code_revision", lambda: revision)
 
-    config = fake_config(data_dir, methods=("smc-temp",), budgets=(400,), precision="bf16")
+    config = fake_config(data_dir, methods=("ensemble-mcmc",), budgets=(400,), precision="bf16")  # 11 steps
     real_write, real_evaluate = RunDirectory.write_checkpoint, bench_run.evaluate
     machine(True, "aaaa")
     monkeypatch.setattr(RunDirectory, "write_checkpoint", _dies_at_step_three(real_write))
@@ -267,6 +268,20 @@ def test_records_say_what_a_resumed_or_saved_fit_ran_under(tmp_path, data_dir, m
     assert (moved["bf16_arithmetic"], moved["code_revision"]) == ("fp32-accumulate emulation", "bbbb")
     assert moved["bf16_arithmetic_before_resume"] == "native" and moved["code_revision_before_resume"] == "aaaa"
     assert not [key for key in moved if key.endswith("_of_fit")]
+
+    # begun on a machine, continued on another, finished on the first: the middle part shows
+    machine(True, "aaaa")
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", _dies_at_step_three(real_write))
+    assert run_suite(config, tmp_path / "back", log=None).errors == 1
+    machine(False, "bbbb")
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", _dies_at_step_three(real_write, step=6))
+    assert run_suite(config, tmp_path / "back", log=None).errors == 1
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", real_write)
+    machine(True, "aaaa")
+    back = run_suite(config, tmp_path / "back", log=None).records[0]
+    assert back["resumed_fit_at_calls"] > same["resumed_fit_at_calls"] and back["code_revision"] == "aaaa"
+    assert back["bf16_arithmetic_before_resume"] == "fp32-accumulate emulation" and back["code_revision_before_resume"] == "bbbb"
+    assert "fit_length_bucket_before_resume" not in back
 
     machine(True, "aaaa")
     monkeypatch.setattr(bench_run, "evaluate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
@@ -534,12 +549,16 @@ def test_records_say_how_bf16_was_computed(monkeypatch, native):
     assert "bf16_arithmetic" not in _base_record(dataclasses.replace(preset("full"), precision="fp32"), cell, spec, "digest")
 
 
-def test_records_name_the_code_revision(tmp_path):
+def test_records_name_the_code_revision(tmp_path, monkeypatch):
     from benchmarks.run import _base_record
 
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # even if the temp dir is in a checkout
+
     def git(*args):
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                       check=True, capture_output=True)
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                        "-c", "commit.gpgsign=false", *args], check=True, capture_output=True)
 
     assert code_revision(tmp_path) is None  # not a checkout
     (tmp_path / "bayesprompt").mkdir()

@@ -185,6 +185,21 @@ def test_changed_class_fields_are_reported():
     del tree["fields"]["scale"]
     with pytest.raises(StateSerializationError, match="written by another version of the class"):
         codec.decode(tree, arrays)
+    tree["fields"]["scale"], tree["fields"]["unknown"] = tree["fields"]["stage"], tree["fields"]["stage"]
+    with pytest.raises(StateSerializationError, match="written by another version of the class"):
+        codec.decode(tree, arrays)
+
+
+def test_a_state_written_before_a_field_with_a_default_was_added_loads_with_the_default():
+    """Checkpoints from before ``TemperedSMCState.interrupted`` / ``AdaptiveABCSMCState.interrupted`` resume."""
+    potential, _ = prompt_potential()
+    codec = StateCodec()
+    state = TemperedSMC(num_particles=4).init(potential, 0)
+    tree, arrays = codec.encode(state)
+    del tree["fields"]["interrupted"]
+    restored = codec.decode(tree, arrays)
+    assert restored.interrupted is False and restored.stage == state.stage
+    assert torch.equal(restored.particles.u, state.particles.u)
 
 
 class _Evil:

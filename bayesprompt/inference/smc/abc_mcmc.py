@@ -167,7 +167,7 @@ class AdaptiveABCSMCState:
     reference : (float, float)
         Mean and standard deviation of the pCN reference ``N(m, s^2 I)``.
     stage : int
-        Completed stages (0 = prior draws).
+        Stages done (0 = prior draws; an ``interrupted`` last one included).
     held : int
         Consecutive stages that could not decrease ``epsilon``.
     simulations : int

@@ -69,7 +69,7 @@ __all__ = ["TemperedSMC", "TemperedSMCState"]
 
 @dataclass(frozen=True)
 class TemperedSMCState:
-    """State of :class:`TemperedSMC` after a completed stage.
+    """State of :class:`TemperedSMC` after a stage (completed, or cut short by the budget).
 
     Attributes
     ----------
@@ -83,7 +83,7 @@ class TemperedSMCState:
     scale : float
         Random-walk scale multiplier for the next stage.
     stage : int
-        Completed stages.
+        Stages done (an ``interrupted`` last one included).
     evaluations : int
         Particle evaluations so far (the initial population included).
     rng_state : Tensor
