@@ -118,8 +118,8 @@ class MethodContext:
         (:func:`run_engine`); ``None``: no step checkpoints.
     provenance : dict
         What the fit runs under beside its options (``bf16_arithmetic``, ``code_revision``),
-        written with the step checkpoints when the fit begins, so that a fit continued
-        elsewhere shows what it began under (:attr:`MethodOutcome.resumed_from`).
+        written with the step checkpoints at every start and resume, so that a fit
+        continued elsewhere shows what each part ran under (:attr:`MethodOutcome.resumed_from`).
     """
 
     task: Task
