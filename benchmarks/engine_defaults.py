@@ -20,8 +20,8 @@ qualified name, so the record does not depend on memory addresses.
 
 Constants inside the method builders of :mod:`benchmarks.methods` (``popsize=20``, budget
 shares) are not signature defaults. They are guarded by fingerprints of the code instead:
-:func:`source_fingerprints` hashes the top-level code (functions, classes, constants, imports) of the modules in
-:data:`FINGERPRINTED_MODULES`, as ``ast.unparse`` writes them without docstrings (so
+:func:`source_fingerprints` hashes the top-level code (functions, classes, constants,
+imports) of the modules in :data:`FINGERPRINTED_MODULES`, as ``ast.unparse`` writes them without docstrings (so
 comments, docstrings and formatting do not count). ``ast.unparse`` could write the same code
 differently under another Python version (3.11, 3.12 and 3.13 write ``benchmarks/methods.py``
 alike), so the record keeps the Python version, and a difference found under another one
@@ -48,7 +48,7 @@ import importlib
 import inspect
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ __all__ = [
 #: The recorded defaults (JSON: ``{"benchmark_version": int, "defaults": {requirement: {parameter: repr}},
 #: "python": "3.x", "sources": {"module:name": digest}}``).
 RECORD_PATH = Path(__file__).with_name("engine_defaults.json")
-#: Modules whose top-level functions, classes and constants are fingerprinted (the method builders).
+#: Modules whose top-level code is fingerprinted (the method builders).
 FINGERPRINTED_MODULES = ("benchmarks.methods",)
 
 
@@ -218,24 +218,23 @@ def changed_sources(recorded: Mapping[str, str], current: Mapping[str, str]) -> 
 
 def load_sources(path: str | Path = RECORD_PATH) -> tuple[str | None, dict[str, str]]:
     """``(python_version, fingerprints)`` from the record file (``(None, {})`` if it has none)."""
+    return _read_record(path, lambda data: (None, {}) if "sources" not in data else
+                        (str(data["python"]), {str(k): str(v) for k, v in data["sources"].items()}))
+
+
+def _read_record(path: str | Path, extract: Callable[[Any], Any]) -> Any:
+    """``extract`` applied to the record file's JSON; any failure is a ValueError naming the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-        if "sources" not in data:
-            return None, {}
-        return str(data["python"]), {str(k): str(v) for k, v in data["sources"].items()}
+        return extract(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"{path}: cannot read the engine-defaults record ({err})") from err
 
 
 def load_record(path: str | Path = RECORD_PATH) -> tuple[int, dict[str, dict[str, str]]]:
     """``(benchmark_version, defaults)`` from the record file ``path``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        return int(data["benchmark_version"]), {str(k): dict(v) for k, v in data["defaults"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path}: cannot read the engine-defaults record ({err})") from err
+    return _read_record(path, lambda data: (int(data["benchmark_version"]),
+                                            {str(k): dict(v) for k, v in data["defaults"].items()}))
 
 
 def write_record(
