@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from bayesprompt.data.task import Task
-from bayesprompt.inference.base import Engine, run
+from bayesprompt.inference.base import Engine, InitialBudgetError, run
 from bayesprompt.inference.posterior import Posterior, Status
 from bayesprompt.lm import LabelOnly, Meter
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
@@ -630,29 +630,36 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
     sets the LogNormal scale; the rest
     go to :class:`~bayesprompt.inference.smc.TemperedSMC`. A model whose run the budget
     stops before beta = 1 has no evidence estimate and gets probability 0 (the record's
-    status then says ``budget_exhausted``).
+    status then says ``budget_exhausted``); so does the tempered model when the plain run
+    leaves too little of the budget for its first population (as at a sweep budget of 250).
     """
     from bayesprompt.averaging import mix_posteriors
 
     if ctx.options.get("temperature_prior_scale") is None:  # a resumed evaluation rebuilds the model from the options: they must name the scale
         raise ValueError("smc-average needs the option temperature_prior_scale (set in the default method_options)")
     plain_ctx = dataclasses.replace(ctx, options={k: v for k, v in ctx.options.items() if k not in MODEL_OPTIONS})
-    fitted = []
-    for model_ctx in (plain_ctx, ctx):  # ctx's options carry the temperature
-        potential = make_potential(model_ctx, likelihood_free=False)
-        posterior = run(_smc_engine(model_ctx, potential), potential, seed=ctx.seed, meter=ctx.meter,
-                        progress=ctx.progress)
-        fitted.append((posterior, potential))
-    (plain, _), (tempered, potential) = fitted
-    log_z = [float(p.summary.get("log_evidence", math.nan)) for p in (plain, tempered)]
+    plain_potential = make_potential(plain_ctx, likelihood_free=False)
+    plain = run(_smc_engine(plain_ctx, plain_potential), plain_potential, seed=ctx.seed, meter=ctx.meter,
+                progress=ctx.progress)
+    potential = make_potential(ctx, likelihood_free=False)  # ctx's options carry the temperature
+    try:
+        tempered = run(_smc_engine(ctx, potential), potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
+    except InitialBudgetError:  # the plain run left too little for a first population: keep the plain model alone
+        tempered = None
+    runs = [plain, tempered]
+    if tempered is None:  # predictions go through the tempered model: give the plain particles temperature 1
+        shape = {site.name: site.shape for site in potential.discover_sites()}["temperature"]
+        runs = [dataclasses.replace(plain, samples={**plain.samples, "temperature": torch.ones(plain.num_samples, *shape)})]
+    log_z = [float(p.summary.get("log_evidence", math.nan)) for p in runs] + [math.nan] * (2 - len(runs))
     probabilities = _evidence_probabilities(log_z)
-    combined = mix_posteriors([plain, tempered], probabilities, fixed={"temperature": 1.0})
-    combined = dataclasses.replace(combined, status=tempered.status if plain.status == Status.FINISHED else plain.status)
+    combined = mix_posteriors(runs, probabilities[: len(runs)], fixed={"temperature": 1.0})
+    statuses = [p.status for p in runs] + [Status.BUDGET_EXHAUSTED] * (2 - len(runs))
+    combined = dataclasses.replace(combined, status=next((s for s in statuses if s != Status.FINISHED), Status.FINISHED))
     outcome = posterior_outcome(ctx, combined, potential, likelihood_free=False)
     outcome.summary.update(
         _scalars({"log_evidence_plain": log_z[0], "log_evidence_tempered": log_z[1]}),
         probability_tempered=probabilities[1],
-        **{f"tempered_{k}": v for k, v in _temperature_summary(tempered).items()},
+        **({} if tempered is None else {f"tempered_{k}": v for k, v in _temperature_summary(tempered).items()}),
     )
     return outcome
 

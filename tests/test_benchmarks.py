@@ -835,6 +835,46 @@ def test_smc_average_mixes_both_models_by_their_evidence(data_dir, monkeypatch):
     torch.testing.assert_close(outcome.predictor(ctx.dev).mean().float(), expected.float(), rtol=1e-4, atol=1e-5)
 
 
+def test_smc_average_keeps_the_plain_model_when_the_budget_leaves_no_tempered_run(data_dir):
+    """At a budget the plain SMC spends whole, the tempered model cannot draw its first population.
+
+    The cell then keeps the plain run alone (temperature 1, probability 0 for the tempered
+    model, status ``budget_exhausted``) instead of failing with InitialBudgetError.
+    """
+    from benchmarks.methods import MethodContext
+    from bayesprompt.inference.posterior import Status
+    from benchmarks.run import Resources
+    from bayesprompt.data import get_task
+    from bayesprompt.lm import Meter
+
+    config = fake_config(data_dir)
+    registry, options = default_registry(), config.options_for("smc-average")
+    resources, task = Resources(config), get_task("sst2")
+    budget = 24  # the initial population and two moves of 8 particles: too few to reach beta = 1
+
+    def context(method_options):
+        backend = resources.backend(task, Meter(budget))
+        train, dev = resources.few_shot(task, 0)
+        return MethodContext(task, backend, resources.projection(task, backend), backend.encode(train),
+                             backend.encode(dev), budget, 0, num_particles=8, options=method_options)
+
+    ctx = context(options)
+    outcome = registry["smc-average"].fit(ctx)
+    calls = ctx.meter.calls
+    plain = registry["smc"].fit(context({}))
+    assert plain.status == Status.BUDGET_EXHAUSTED and calls == plain.summary["evaluations"] == budget
+    assert outcome.status == Status.BUDGET_EXHAUSTED
+    assert outcome.summary["probability_tempered"] == 0.0
+    assert outcome.summary["log_evidence_tempered"] == "nan"  # non-finite floats are kept as strings (JSON)
+    assert not any(key.startswith("tempered_") for key in outcome.summary)
+    assert outcome.fitted.num_samples == plain.fitted.num_samples
+    assert bool((outcome.fitted.samples["temperature"] == 1.0).all())
+    torch.testing.assert_close(outcome.fitted.samples["z"], plain.fitted.samples["z"])
+    resources.backend(task, Meter(10_000))  # fresh calls for the predictions of both
+    torch.testing.assert_close(outcome.predictor(ctx.dev).mean().float(), plain.predictor(ctx.dev).mean().float(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_smc_devprior_centres_the_prior_on_a_prompt_tuned_on_dev(data_dir):
     """With a tight prior the particles sit at the dev-tuned centre, not at 0; both stages share the budget."""
     from benchmarks.methods import MethodContext, fit_smc_dev_prior
