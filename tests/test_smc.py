@@ -411,7 +411,8 @@ def _stage_records(engine: TemperedSMC, problem_factory, seed: int = 0) -> list[
     return run(engine, Potential(problem.model), seed=seed, meter=problem.meter, progress=False).diagnostics
 
 
-def test_budget_refusing_a_stage_first_move_returns_last_complete_stage():
+def test_budget_refusing_a_stage_first_move_keeps_the_reweighted_population():
+    """The stage's tempering and evidence update are free: they are kept, unresampled."""
     engine = TemperedSMC(num_particles=100)
     records = _stage_records(engine, peaked_problem)
     # the budget pays for stage 2 and refuses stage 3 before its first move
@@ -429,12 +430,54 @@ def test_budget_refusing_a_stage_first_move_returns_last_complete_stage():
     )
     assert post.status == Status.BUDGET_EXHAUSTED
     assert problem.meter.calls == budget - 99 == post.api_calls["calls"] == post.summary["evaluations"]
-    assert len(states) == 2 == len(post.diagnostics) and not states[-1].interrupted
-    last = states[-1]
-    assert post.summary["final_beta"] == last.beta == records[1]["beta"] < 1.0
+    assert len(states) == 3 == len(post.diagnostics) and states[-1].interrupted and not states[1].interrupted
+    assert post.diagnostics[-1]["moves"] == 0 and math.isnan(post.diagnostics[-1]["acceptance"])
+    assert post.summary["final_beta"] == states[-1].beta == records[2]["beta"] < 1.0
     # before beta = 1 the estimate is log Z_beta, never reported as the evidence
-    assert math.isnan(post.summary["log_evidence"]) and post.summary["log_normalizer"] == last.log_evidence
-    assert torch.equal(post.samples["z"], potential.unpack(last.particles.u)["z"])
+    assert math.isnan(post.summary["log_evidence"])
+    assert post.summary["log_normalizer"] == pytest.approx(records[2]["log_evidence"], abs=1e-12)
+    # the previous stage's particles, weighted by L^(beta' - beta) at the ESS the solver chose
+    assert torch.equal(post.samples["z"], potential.unpack(states[1].particles.u)["z"])
+    assert post.ess == pytest.approx(records[2]["ess"], rel=1e-9)
+    increments = incremental_log_weights(states[1].particles.log_likelihood, states[1].beta, states[-1].beta)
+    torch.testing.assert_close(post.log_weights, normalize(increments))
+
+
+def test_budget_refusing_the_last_stage_first_move_returns_the_weighted_posterior_and_evidence():
+    """At ``beta' = 1`` the reweighted population is an importance sample of the posterior.
+
+    Its weighted mean and variance are checked against the Gaussian posterior with
+    ``N_eff = ESS / KAPPA``, and the log evidence as in the finished run's test.
+    """
+    num_particles = 1000
+    engine = TemperedSMC(num_particles=num_particles)
+    records = _stage_records(engine, peaked_problem)
+    assert records[-1]["beta"] == 1.0 and len(records) >= 3
+    paid = num_particles * (1 + sum(record["moves"] for record in records[:-1]))
+    problem = peaked_problem(Meter(budget=paid + num_particles - 1))
+    post = run(engine, Potential(problem.model), seed=0, meter=problem.meter, progress=False)
+    assert post.status == Status.BUDGET_EXHAUSTED and problem.meter.calls == paid
+    assert post.summary["final_beta"] == 1.0 and post.diagnostics[-1]["moves"] == 0
+    assert post.summary["log_evidence"] == pytest.approx(records[-1]["log_evidence"], abs=1e-12)
+
+    weights = post.log_weights.exp()
+    z = post.samples["z"].double()
+    mean_hat = weights @ z
+    var_hat = weights @ (z - mean_hat) ** 2
+    effective = post.ess
+    mean, var = problem.posterior_mean(), problem.posterior_cov().diagonal()
+    assert torch.all((mean_hat - mean).abs() <= Z * smc_se(var, effective))
+    var_tol = Z * smc_se(2 * var**2, effective)
+    assert torch.all((var_hat - var).abs() <= var_tol), (var_hat, var, var_tol)
+    # the check tells the posterior from the previous stage's target
+    noise = problem.noise_scale / math.sqrt(records[-2]["beta"])
+    previous = LinearGaussian(problem.design, problem.observations, problem.prior_scale, noise)
+    assert torch.any((var_hat - previous.posterior_cov().diagonal()).abs() > var_tol)
+
+    stage_ess = torch.tensor([d["ess"] for d in post.diagnostics], dtype=torch.float64)
+    log_z_sd = math.sqrt(KAPPA * float((1 / stage_ess - 1 / num_particles).sum()))
+    log_z_error = abs(post.summary["log_evidence"] - problem.log_evidence())
+    assert log_z_error <= Z * log_z_sd, (log_z_error, Z * log_z_sd)
 
 
 def test_budget_cutting_a_stage_moves_keeps_the_moves_made():

@@ -26,13 +26,15 @@ coordinates. One :meth:`TemperedSMC.step` is one *stage*:
 6. **Adapt** (optional): ``scale *= exp(a - target_acceptance)`` for the next stage, so
    the kernel is fixed within a stage.
 
-A stage either returns a new immutable state or raises. When the meter refuses a move
-(:class:`~bayesprompt.lm.meter.BudgetExhausted`) after at least one move of the stage,
-the stage is kept with the moves made: each move leaves ``p_beta'`` invariant, so the
-population targets ``p_beta'`` after any number of them, and the queries already paid
-for are not lost. The state is then ``interrupted`` and the run stops with status
-``budget_exhausted``. A refused first move raises, and
-:func:`~bayesprompt.inference.base.run` returns the last complete stage.
+A stage returns a new immutable state. When the meter refuses a move
+(:class:`~bayesprompt.lm.meter.BudgetExhausted`), the stage is kept as far as it got:
+each move leaves ``p_beta'`` invariant, so the population targets ``p_beta'`` after any
+number of them, and the queries already paid for are not lost. If the first move is
+refused, the stage keeps the previous population with its incremental weights
+``L^(beta' - beta)`` (an importance sample of ``p_beta'`` at the ESS the solver chose, with
+the evidence update of step 2; no resampling, so no duplicates). The state is then
+``interrupted`` and the run stops with status ``budget_exhausted``; at ``beta' = 1`` it is
+a sample of the posterior, with the estimate of the evidence.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from bayesprompt.inference.smc.moves import (
 )
 from bayesprompt.inference.smc.resampling import SCHEMES, resample
 from bayesprompt.inference.smc.tempering import incremental_log_weights, next_beta, tempered_log_likelihood
+from bayesprompt.lm.meter import BudgetExhausted
 from bayesprompt.models.potential import Evaluation, Potential
 
 __all__ = ["TemperedSMC", "TemperedSMCState"]
@@ -93,6 +96,10 @@ class TemperedSMCState:
         random-walk moves).
     interrupted : bool
         The budget cut the last stage's moves short (the run ends here).
+    log_weights : Tensor or None
+        Normalised log weights of ``particles``, set only when the budget refused the first
+        move of the last stage (``interrupted``): the population is then the previous one,
+        weighted toward ``p_beta``. ``None``: equally weighted.
     """
 
     particles: Evaluation
@@ -104,6 +111,7 @@ class TemperedSMCState:
     rng_state: torch.Tensor
     reference: tuple[float, float] | None = None
     interrupted: bool = False
+    log_weights: torch.Tensor | None = None
 
 
 class TemperedSMC(Engine[TemperedSMCState]):
@@ -254,7 +262,11 @@ class TemperedSMC(Engine[TemperedSMCState]):
         )
 
     def step(self, potential: Potential, state: TemperedSMCState) -> tuple[TemperedSMCState, dict[str, Any]]:
-        """One stage: temper, reweight, resample, move (see the module docstring)."""
+        """One stage: temper, reweight, resample, move (see the module docstring).
+
+        A state whose stage was ``interrupted`` ends the run (:meth:`stop_reason`); it is
+        not stepped further.
+        """
         generator = generator_from(state.rng_state)
         particles = state.particles
         beta = next_beta(particles.log_likelihood, state.beta, self.target_ess, self.min_step, self.tol)
@@ -262,25 +274,28 @@ class TemperedSMC(Engine[TemperedSMCState]):
         log_evidence = state.log_evidence + float(torch.logsumexp(increments, 0)) - math.log(len(particles))
         stage_ess = ess(increments)
         kernel, log_target = self._kernel(state, increments, beta)  # from the cloud before resampling
-        particles = particles.select(resample(increments, len(particles), generator, self.resampling))
+        resampled = particles.select(resample(increments, len(particles), generator, self.resampling))
         pcn = state.reference is not None  # pCN adapts its step after every move; RW between stages
-        particles, rates, moved_scale, interrupted = rejuvenate(
-            potential,
-            particles,
-            kernel,
-            generator,
-            log_target,
-            self.min_moves,
-            self.max_moves,
-            self.move_probability,
-            scale=min(state.scale, 1.0) if pcn else state.scale,
-            target_acceptance=self.target_acceptance if pcn else None,
-            max_scale=1.0 if pcn else SCALE_BOUNDS[1],
-        )
-        acceptance = sum(rates) / len(rates)
-        next_scale = moved_scale if pcn else adapted_scale(state.scale, acceptance, self.target_acceptance)
+        try:
+            moved, rates, moved_scale, interrupted = rejuvenate(
+                potential,
+                resampled,
+                kernel,
+                generator,
+                log_target,
+                self.min_moves,
+                self.max_moves,
+                self.move_probability,
+                scale=min(state.scale, 1.0) if pcn else state.scale,
+                target_acceptance=self.target_acceptance if pcn else None,
+                max_scale=1.0 if pcn else SCALE_BOUNDS[1],
+            )
+        except BudgetExhausted:  # the first move refused: keep the reweighted, unresampled population
+            moved, rates, moved_scale, interrupted = particles, [], state.scale, True
+        acceptance = sum(rates) / len(rates) if rates else math.nan
+        next_scale = moved_scale if pcn or not rates else adapted_scale(state.scale, acceptance, self.target_acceptance)
         new_state = TemperedSMCState(
-            particles=particles,
+            particles=moved,
             beta=beta,
             log_evidence=log_evidence,
             scale=next_scale,
@@ -289,6 +304,7 @@ class TemperedSMC(Engine[TemperedSMCState]):
             rng_state=generator.get_state(),
             reference=state.reference,
             interrupted=interrupted,
+            log_weights=None if rates else normalize(increments),
         )
         info = {
             "stage": new_state.stage,
@@ -315,7 +331,8 @@ class TemperedSMC(Engine[TemperedSMCState]):
         return None
 
     def posterior(self, potential: Potential, state: TemperedSMCState) -> Posterior:
-        """The equally weighted population, in constrained coordinates.
+        """The population, in constrained coordinates: equally weighted, or with the
+        incremental weights of a stage whose first move the budget refused.
 
         Before ``beta = 1`` (budget exhausted, ``max_stages``) the particles target the
         tempered ``p_beta``, not the posterior: ``summary["final_beta"]`` says which, and
@@ -325,7 +342,7 @@ class TemperedSMC(Engine[TemperedSMCState]):
         samples = {name: value.detach() for name, value in potential.unpack(state.particles.u).items()}
         return Posterior(
             samples,
-            torch.zeros(len(state.particles), dtype=torch.float64),
+            torch.zeros(len(state.particles), dtype=torch.float64) if state.log_weights is None else state.log_weights,
             status=self.stop_reason(state) or "running",
             engine=self.name,
             summary={
