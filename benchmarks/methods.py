@@ -631,7 +631,8 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
     go to :class:`~bayesprompt.inference.smc.TemperedSMC`. A model whose run the budget
     stops before beta = 1 has no evidence estimate and gets probability 0 (the record's
     status then says ``budget_exhausted``); so does the tempered model when the plain run
-    leaves too little of the budget for its first population (as at a sweep budget of 250).
+    leaves too little of the budget for its first population (as at a sweep budget of 250;
+    the summary's ``tempered_status`` is then ``not_started``).
     """
     from bayesprompt.averaging import mix_posteriors
 
@@ -659,6 +660,7 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
     outcome.summary.update(
         _scalars({"log_evidence_plain": log_z[0], "log_evidence_tempered": log_z[1]}),
         probability_tempered=probabilities[1],
+        tempered_status="not_started" if tempered is None else tempered.status,
         **({} if tempered is None else {f"tempered_{k}": v for k, v in _temperature_summary(tempered).items()}),
     )
     return outcome

@@ -56,7 +56,8 @@ __all__ = ["Row", "compare", "format_table", "main"]
 
 @dataclass(frozen=True)
 class Row:
-    """One set of prompts: its z statistics and its ensemble's test metrics."""
+    """One set of prompts: its z statistics (means weighted by the posterior weights of a
+    weighted sample) and its ensemble's test metrics."""
 
     name: str
     size: int
@@ -132,15 +133,16 @@ def compare(
     z_point = point.samples["z"].reshape(1, -1).float()
     noise = torch.randn(num_noise, z_point.shape[-1], generator=torch.Generator().manual_seed(seed + 1))
 
-    def row(name: str, z: torch.Tensor, probs: torch.Tensor | None = None) -> Row:
+    def row(name: str, z: torch.Tensor, probs: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> Row:
         evaluation = potential.evaluate(z)
         if probs is None:
             probs = prompt_predictor(backend, projection(z))(test).mean()
         report = classification_report(probs, test.labels)
         log_lik = evaluation.log_likelihood.double()
+        w = torch.full_like(log_lik, 1.0 / len(log_lik)) if weights is None else weights.double()
         return Row(
-            name, z.shape[0], float(z.norm(dim=-1).mean()), float(evaluation.log_prior.double().mean()),
-            float(log_lik.mean()), (float(log_lik.min()), float(log_lik.max())), report["accuracy"], report["nll"],
+            name, z.shape[0], float(w @ z.double().norm(dim=-1)), float(w @ evaluation.log_prior.double()),
+            float(w @ log_lik), (float(log_lik.min()), float(log_lik.max())), report["accuracy"], report["nll"],
         )
 
     z_particles = posterior.samples["z"].reshape(posterior.num_samples, -1).float()
@@ -149,7 +151,7 @@ def compare(
     rows = [
         row("z = 0 (the projection's offset prompt)", torch.zeros_like(z_point)),
         row(f"BBT, {point_calls} calls", z_point),
-        row(f"SMC particles ({posterior_calls} calls)", z_particles, smc_probs),
+        row(f"SMC particles ({posterior_calls} calls)", z_particles, smc_probs, posterior.weights),
         row("SMC posterior mean of z", z_mean),
     ]
     rows += [row(f"BBT z + N(0, {s:g}^2 I)", z_point + s * noise) for s in noise_scales]
@@ -163,7 +165,7 @@ def compare(
         rows += [
             row(f"dev-tuned z ({centre.api_calls} calls; dev log-lik {centre.dev_log_likelihood:.1f})", centre.z[None]),
             row(f"SMC particles, prior N(z_dev, I) ({around_calls} calls)", z_around,
-                predict(around, centred.with_args(test), test).mean()),
+                predict(around, centred.with_args(test), test).mean(), around.weights),
         ]
     return rows
 

@@ -864,9 +864,9 @@ def test_smc_average_keeps_the_plain_model_when_the_budget_leaves_no_tempered_ru
     plain = registry["smc"].fit(context({}))
     assert plain.status == Status.BUDGET_EXHAUSTED and calls == plain.summary["evaluations"] == budget
     assert outcome.status == Status.BUDGET_EXHAUSTED
-    assert outcome.summary["probability_tempered"] == 0.0
+    assert outcome.summary["probability_tempered"] == 0.0 and outcome.summary["tempered_status"] == "not_started"
     assert outcome.summary["log_evidence_tempered"] == "nan"  # non-finite floats are kept as strings (JSON)
-    assert not any(key.startswith("tempered_") for key in outcome.summary)
+    assert not any(key.startswith("tempered_temperature") for key in outcome.summary)
     assert outcome.fitted.num_samples == plain.fitted.num_samples
     assert bool((outcome.fitted.samples["temperature"] == 1.0).all())
     torch.testing.assert_close(outcome.fitted.samples["z"], plain.fitted.samples["z"])

@@ -44,6 +44,7 @@ from bayesprompt.inference.smc import (
 )
 from bayesprompt.lm.meter import Meter
 from bayesprompt.models.potential import Potential
+from bayesprompt.runs import StateCodec
 from bayesprompt.testing import LinearGaussian
 
 KAPPA = 4.0  # conservative N / N_eff inflation for SMC particle correlation
@@ -441,6 +442,14 @@ def test_budget_refusing_a_stage_first_move_keeps_the_reweighted_population():
     assert post.ess == pytest.approx(records[2]["ess"], rel=1e-9)
     increments = incremental_log_weights(states[1].particles.log_likelihood, states[1].beta, states[-1].beta)
     torch.testing.assert_close(post.log_weights, normalize(increments))
+    # a checkpoint of the weighted state keeps its weights, and resuming from it ends at once
+    codec = StateCodec()
+    restored, _ = codec.loads(codec.dumps(states[-1]))
+    assert torch.equal(restored.log_weights, states[-1].log_weights)
+    resumed = run(engine, potential, progress=False, state=restored)
+    assert torch.equal(resumed.log_weights, post.log_weights) and resumed.status == Status.BUDGET_EXHAUSTED
+    with pytest.raises(ValueError, match="cannot step a weighted state"):
+        engine.step(potential, restored)
 
 
 def test_budget_refusing_the_last_stage_first_move_returns_the_weighted_posterior_and_evidence():

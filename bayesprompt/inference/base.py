@@ -15,7 +15,8 @@ leaves the last complete state intact: the run returns it with status
 ``budget_exhausted`` and never loses finished work. An engine whose partial step is still
 a valid state may instead catch the refusal, return that state and report
 ``budget_exhausted`` from :meth:`Engine.stop_reason` (the SMC engines with Metropolis
-moves keep the moves made in a stage the budget cut short).
+moves keep the moves made in a stage the budget cut short, and tempered SMC keeps the
+free reweighting of a stage whose first move is refused).
 """
 
 from __future__ import annotations

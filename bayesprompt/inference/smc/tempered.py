@@ -13,7 +13,8 @@ coordinates. One :meth:`TemperedSMC.step` is one *stage*:
    ``scale^2 * 2.38^2 / D`` (Roberts & Rosenthal, 2001), full or diagonal, with jitter.
 4. **Resample** (always, with the chosen scheme): the population is equally weighted at
    the start of every stage, so the ESS of the incremental weights *is* the conditional
-   ESS that the solver controls, and the evidence update needs no stored weights.
+   ESS that the solver controls, and the evidence update needs no stored weights (the
+   one weighted state, a stage whose first move the budget refused, ends the run).
 5. **Move**: Metropolis on ``log p(u) + beta' log L(u)`` with random-walk proposals
    (``kernel="rw"``) or preconditioned Crank-Nicolson ones (``kernel="pcn"``, reversible
    w.r.t. an isotropic Gaussian fitted to the prior draws, with the matching correction
@@ -77,8 +78,8 @@ class TemperedSMCState:
     Attributes
     ----------
     particles : Evaluation
-        The equally weighted population targeting ``p_beta``, with cached log prior and
-        log likelihood (never recomputed).
+        The population targeting ``p_beta``, with cached log prior and log likelihood
+        (never recomputed): equally weighted, unless ``log_weights`` is set.
     beta : float
         Current inverse temperature.
     log_evidence : float
@@ -266,7 +267,18 @@ class TemperedSMC(Engine[TemperedSMCState]):
 
         A state whose stage was ``interrupted`` ends the run (:meth:`stop_reason`); it is
         not stepped further.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` is weighted (``log_weights`` set): every stage starts from an
+            equally weighted population.
         """
+        if state.log_weights is not None:
+            raise ValueError(
+                f"{self.name}: cannot step a weighted state (a stage whose first move the budget "
+                "refused ends the run); resume from the state before it with more budget"
+            )
         generator = generator_from(state.rng_state)
         particles = state.particles
         beta = next_beta(particles.log_likelihood, state.beta, self.target_ess, self.min_step, self.tol)
