@@ -647,14 +647,14 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
         tempered = run(_smc_engine(ctx, potential), potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
     except InitialBudgetError:  # the plain run left too little for a first population: keep the plain model alone
         tempered = None
+    log_z = [math.nan if p is None else float(p.summary.get("log_evidence", math.nan)) for p in (plain, tempered)]
+    probabilities = _evidence_probabilities(log_z)
+    statuses = [plain.status, Status.BUDGET_EXHAUSTED if tempered is None else tempered.status]
     runs = [plain, tempered]
     if tempered is None:  # predictions go through the tempered model: give the plain particles temperature 1
         shape = {site.name: site.shape for site in potential.discover_sites()}["temperature"]
         runs = [dataclasses.replace(plain, samples={**plain.samples, "temperature": torch.ones(plain.num_samples, *shape)})]
-    log_z = [float(p.summary.get("log_evidence", math.nan)) for p in runs] + [math.nan] * (2 - len(runs))
-    probabilities = _evidence_probabilities(log_z)
     combined = mix_posteriors(runs, probabilities[: len(runs)], fixed={"temperature": 1.0})
-    statuses = [p.status for p in runs] + [Status.BUDGET_EXHAUSTED] * (2 - len(runs))
     combined = dataclasses.replace(combined, status=next((s for s in statuses if s != Status.FINISHED), Status.FINISHED))
     outcome = posterior_outcome(ctx, combined, potential, likelihood_free=False)
     outcome.summary.update(
