@@ -875,6 +875,43 @@ def test_smc_average_keeps_the_plain_model_when_the_budget_leaves_no_tempered_ru
                                rtol=1e-5, atol=1e-6)
 
 
+def test_smc_average_keeps_a_finished_plain_run_that_leaves_too_few_calls(data_dir):
+    """The plain SMC reaches beta = 1, but fewer than N calls remain for the tempered model.
+
+    The plain model's evidence is finite and its particles are kept whole (probability 1);
+    the tempered model never starts, so the record says ``budget_exhausted``.
+    """
+    from benchmarks.methods import MethodContext
+    from bayesprompt.inference.posterior import Status
+    from benchmarks.run import Resources
+    from bayesprompt.data import get_task
+    from bayesprompt.lm import Meter
+
+    config = fake_config(data_dir)
+    registry, options = default_registry(), config.options_for("smc-average")
+    resources, task = Resources(config), get_task("sst2")
+
+    def context(method_options, budget):
+        backend = resources.backend(task, Meter(budget))
+        train, dev = resources.few_shot(task, 0)
+        return MethodContext(task, backend, resources.projection(task, backend), backend.encode(train),
+                             backend.encode(dev), budget, 0, num_particles=8, options=method_options)
+
+    plain = registry["smc"].fit(context({}, 2000))
+    assert plain.status == Status.FINISHED
+    budget = plain.summary["evaluations"] + 7  # one call short of the tempered model's first population
+    ctx = context(options, budget)
+    outcome = registry["smc-average"].fit(ctx)
+    assert ctx.meter.calls == plain.summary["evaluations"]
+    assert outcome.status == Status.BUDGET_EXHAUSTED and outcome.summary["tempered_status"] == "not_started"
+    assert outcome.summary["log_evidence_plain"] == plain.summary["log_evidence"]
+    assert math.isfinite(outcome.summary["log_evidence_plain"])
+    assert outcome.summary["probability_tempered"] == 0.0
+    assert bool((outcome.fitted.samples["temperature"] == 1.0).all())
+    torch.testing.assert_close(outcome.fitted.samples["z"], plain.fitted.samples["z"])
+    torch.testing.assert_close(outcome.fitted.weights, plain.fitted.weights)
+
+
 def test_smc_devprior_centres_the_prior_on_a_prompt_tuned_on_dev(data_dir):
     """With a tight prior the particles sit at the dev-tuned centre, not at 0; both stages share the budget."""
     from benchmarks.methods import MethodContext, fit_smc_dev_prior
