@@ -51,6 +51,23 @@ def fake_config(data_dir: str, **changes) -> BenchmarkConfig:
     return dataclasses.replace(preset("smoke"), backend="fake", data_dir=data_dir, **changes)
 
 
+def sst2_context(resources, budget: int, options: dict, **changes):
+    """A method context on the fake box's SST-2 seed-0 split, 8 particles, a fresh meter of ``budget`` calls.
+
+    The resources cache one backend per task and rebind it to each new meter: read a
+    context's ``meter.calls`` before building the next one.
+    """
+    from benchmarks.methods import MethodContext
+    from bayesprompt.data import get_task
+    from bayesprompt.lm import Meter
+
+    task = get_task("sst2")
+    backend = resources.backend(task, Meter(budget))
+    train, dev = resources.few_shot(task, 0)
+    return MethodContext(task, backend, resources.projection(task, backend), backend.encode(train), backend.encode(dev),
+                         budget, 0, num_particles=8, options=options, **changes)
+
+
 @pytest.fixture
 def chunk_sizes(monkeypatch) -> list[int]:
     """The number of examples in each forward pass of every :class:`FakeBlackBox`, in order."""
@@ -758,19 +775,14 @@ def test_eki_mda_takes_at_least_its_steps_to_reach_the_posterior(tmp_path, data_
 
 
 def test_smc_temp_predicts_with_each_sample_s_own_temperature(data_dir):
-    from benchmarks.methods import MethodContext, make_potential
+    from benchmarks.methods import make_potential
     from benchmarks.run import Resources
-    from bayesprompt.data import get_task
-    from bayesprompt.lm import Meter
 
     config = fake_config(data_dir)
     spec, options = default_registry()["smc-temp"], config.options_for("smc-temp")
     assert options == {"temperature_prior_scale": 1.0}
-    resources, task = Resources(config), get_task("sst2")
-    backend = resources.backend(task, Meter(400))
-    train, dev = resources.few_shot(task, 0)
-    ctx = MethodContext(task, backend, resources.projection(task, backend), backend.encode(train), backend.encode(dev),
-                        400, 0, num_particles=8, options=options)
+    resources = Resources(config)
+    ctx = sst2_context(resources, 400, options)
     outcome = spec.fit(ctx)
     samples = outcome.fitted.samples
     temperature, z = samples["temperature"].reshape(-1), samples["z"].reshape(outcome.fitted.num_samples, -1)
@@ -779,7 +791,7 @@ def test_smc_temp_predicts_with_each_sample_s_own_temperature(data_dir):
     assert outcome.summary["temperature_mean"] == pytest.approx(float(weights @ temperature.double()), rel=1e-6)
     assert outcome.summary["temperature_sd"] > 0
     predicted = outcome.predictor(ctx.dev).probs
-    expected = (backend.score(ctx.projection(z), ctx.dev) / temperature[:, None, None]).softmax(-1)
+    expected = (ctx.backend.score(ctx.projection(z), ctx.dev) / temperature[:, None, None]).softmax(-1)
     torch.testing.assert_close(predicted.float(), expected.float(), rtol=1e-4, atol=1e-5)
     for bad, match in [({"temperature_prior_scale": 0.0}, "must be a number > 0"),
                        ({"temperature_prior_scale": "1"}, "must be a number > 0")]:
@@ -791,21 +803,15 @@ def test_smc_temp_predicts_with_each_sample_s_own_temperature(data_dir):
 
 def test_smc_average_mixes_both_models_by_their_evidence(data_dir, monkeypatch):
     import benchmarks.methods as methods_module
-    from benchmarks.methods import MethodContext
     from benchmarks.run import Resources
-    from bayesprompt.data import get_task
-    from bayesprompt.lm import Meter
 
     config = fake_config(data_dir)
     registry, options = default_registry(), config.options_for("smc-average")
     assert options == {"temperature_prior_scale": 1.0}
-    resources, task = Resources(config), get_task("sst2")
+    resources = Resources(config)
 
     def context(method_options):
-        backend = resources.backend(task, Meter(2000))
-        train, dev = resources.few_shot(task, 0)
-        return MethodContext(task, backend, resources.projection(task, backend), backend.encode(train),
-                             backend.encode(dev), 2000, 0, num_particles=8, options=method_options)
+        return sst2_context(resources, 2000, method_options)
 
     ctx = context(options)
     outcome = registry["smc-average"].fit(ctx)
@@ -841,7 +847,6 @@ def test_smc_average_keeps_the_plain_model_when_the_budget_leaves_no_tempered_ru
     The cell then keeps the plain run alone (temperature 1, probability 0 for the tempered
     model, status ``budget_exhausted``) instead of failing with InitialBudgetError.
     """
-    from benchmarks.methods import MethodContext
     from bayesprompt.inference.posterior import Status
     from benchmarks.run import Resources
     from bayesprompt.data import get_task
@@ -853,10 +858,7 @@ def test_smc_average_keeps_the_plain_model_when_the_budget_leaves_no_tempered_ru
     budget = 24  # the initial population and two moves of 8 particles: too few to reach beta = 1
 
     def context(method_options):
-        backend = resources.backend(task, Meter(budget))
-        train, dev = resources.few_shot(task, 0)
-        return MethodContext(task, backend, resources.projection(task, backend), backend.encode(train),
-                             backend.encode(dev), budget, 0, num_particles=8, options=method_options)
+        return sst2_context(resources, budget, method_options)
 
     ctx = context(options)
     outcome = registry["smc-average"].fit(ctx)
@@ -881,26 +883,17 @@ def test_smc_average_keeps_a_finished_plain_run_that_leaves_too_few_calls(data_d
     The plain model's evidence is finite and its particles are kept whole (probability 1);
     the tempered model never starts, so the record says ``budget_exhausted``.
     """
-    from benchmarks.methods import MethodContext
     from bayesprompt.inference.posterior import Status
     from benchmarks.run import Resources
-    from bayesprompt.data import get_task
-    from bayesprompt.lm import Meter
 
     config = fake_config(data_dir)
     registry, options = default_registry(), config.options_for("smc-average")
-    resources, task = Resources(config), get_task("sst2")
+    resources = Resources(config)
 
-    def context(method_options, budget):
-        backend = resources.backend(task, Meter(budget))
-        train, dev = resources.few_shot(task, 0)
-        return MethodContext(task, backend, resources.projection(task, backend), backend.encode(train),
-                             backend.encode(dev), budget, 0, num_particles=8, options=method_options)
-
-    plain = registry["smc"].fit(context({}, 2000))
+    plain = registry["smc"].fit(sst2_context(resources, 2000, {}))
     assert plain.status == Status.FINISHED
     budget = plain.summary["evaluations"] + 7  # one call short of the tempered model's first population
-    ctx = context(options, budget)
+    ctx = sst2_context(resources, budget, options)
     outcome = registry["smc-average"].fit(ctx)
     assert ctx.meter.calls == plain.summary["evaluations"]
     assert outcome.status == Status.BUDGET_EXHAUSTED and outcome.summary["tempered_status"] == "not_started"
@@ -914,23 +907,18 @@ def test_smc_average_keeps_a_finished_plain_run_that_leaves_too_few_calls(data_d
 
 def test_smc_devprior_centres_the_prior_on_a_prompt_tuned_on_dev(data_dir):
     """With a tight prior the particles sit at the dev-tuned centre, not at 0; both stages share the budget."""
-    from benchmarks.methods import MethodContext, fit_smc_dev_prior
+    from benchmarks.methods import fit_smc_dev_prior
     from benchmarks.run import Resources
-    from bayesprompt.data import get_task
-    from bayesprompt.lm import Meter
 
     config = fake_config(data_dir)
-    resources, task = Resources(config), get_task("sst2")
-    backend = resources.backend(task, Meter(160))
-    train, dev = resources.few_shot(task, 0)
-    ctx = MethodContext(task, backend, resources.projection(task, backend), backend.encode(train), backend.encode(dev),
-                        160, 0, num_particles=8, prior_scale=0.01, options={"popsize": 8})
+    resources = Resources(config)
+    ctx = sst2_context(resources, 160, {"popsize": 8}, prior_scale=0.01)
     outcome = fit_smc_dev_prior(ctx)
     z = outcome.fitted.samples["z"].reshape(outcome.fitted.num_samples, -1)
     centre_norm = outcome.summary["point_norm"]
     assert centre_norm > 0.5  # CMA-ES moved away from its start at 0
     assert z.norm(dim=-1).sub(centre_norm).abs().max() < 0.1  # prior sd 0.01 in 8 dimensions
-    assert 0 < outcome.summary["point_calls"] <= 80 and backend.meter.calls <= 160
+    assert 0 < outcome.summary["point_calls"] <= 80 and ctx.meter.calls <= 160
     for share in (0.0, 1.0):
         with pytest.raises(ValueError, match="point_share"):
             fit_smc_dev_prior(dataclasses.replace(ctx, options={"point_share": share}))
@@ -1016,17 +1004,11 @@ def test_point_vs_posterior_command_on_minilm(tmp_path, data_dir, capsys):
 
 def test_smc_average_requires_its_temperature_option_and_a_reload_checks_the_sites(tmp_path, data_dir):
     from benchmarks.checkpoint import load_fit, save_fit
-    from benchmarks.methods import MethodContext
     from benchmarks.run import Resources
-    from bayesprompt.data import get_task
-    from bayesprompt.lm import Meter
 
     config = fake_config(data_dir)
-    resources, task = Resources(config), get_task("sst2")
-    backend = resources.backend(task, Meter(2000))
-    train, dev = resources.few_shot(task, 0)
-    ctx = MethodContext(task, backend, resources.projection(task, backend), backend.encode(train), backend.encode(dev),
-                        2000, 0, num_particles=8, options={})
+    resources = Resources(config)
+    ctx = sst2_context(resources, 2000, {})
     with pytest.raises(ValueError, match="smc-average needs the option temperature_prior_scale"):
         default_registry()["smc-average"].fit(ctx)
     tempered = default_registry()["smc-temp"].fit(dataclasses.replace(ctx, options={"temperature_prior_scale": 1.0}))
