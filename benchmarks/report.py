@@ -25,7 +25,10 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Suffixes of the record entries that hold what earlier parts of a cell ran under
 #: (``fit_length_bucket_before_resume``, ``bf16_arithmetic_of_fit``; see ``benchmarks.run``).
@@ -56,6 +59,8 @@ _COLUMNS: tuple[tuple[str, str, int], ...] = (
 #: Line colours of the sweep plot, by method position.
 _PALETTE: tuple[str, ...] = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
                              "tab:gray", "tab:olive", "tab:cyan", "navy", "darkgoldenrod", "teal", "crimson")
+#: Markers of the sweep plot: the next one each time the palette starts over.
+_MARKERS: tuple[str, ...] = ("o", "s", "^", "D")
 
 
 def format_mean_sd(values: Iterable[float | None], digits: int = 3) -> str:
@@ -301,20 +306,37 @@ def plot_budget_sweep(records: Sequence[Mapping[str, Any]], path: str | Path, ta
     methods (BBT at 8,000 calls) are single points; unbudgeted references (zero-shot,
     white-box) are horizontal dashed lines. Uses matplotlib's object API (no pyplot state).
     """
+    figure = budget_sweep_figure(records, task)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+_LEGEND_COLUMNS = 3
+_LEGEND_ROW_INCHES = 0.2  # one row of 8-point labels with its spacing
+_AXES_INCHES = 4.5
+
+
+def budget_sweep_figure(records: Sequence[Mapping[str, Any]], task: str | None = None) -> Figure:
+    """The figure of :func:`plot_budget_sweep`; its height grows with the legend, which stays inside it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     task = task if task is not None else records[0]["task"]
     ok = [r for r in records if r["task"] == task and r.get("status") == "ok"]
     metric_name = next((r["metric_name"] for r in ok), "accuracy")
-    figure = Figure(figsize=(11, 5.5))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2)
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for record in ok:
         groups.setdefault(record["method"], []).append(record)
+    legend_inches = (math.ceil(len(groups) / _LEGEND_COLUMNS) + 1) * _LEGEND_ROW_INCHES
+    height = _AXES_INCHES + legend_inches
+    figure = Figure(figsize=(12, height))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
     for index, (method, rows) in enumerate(groups.items()):
         color = _PALETTE[index % len(_PALETTE)]
+        marker = _MARKERS[index // len(_PALETTE) % len(_MARKERS)]
         label = rows[0].get("method_label", method)
         policy = rows[0].get("budget_policy")
         for ax, key in zip(axes, ("metric", "nll")):
@@ -328,7 +350,7 @@ def plot_budget_sweep(records: Sequence[Mapping[str, Any]], path: str | Path, ta
             x = [max(1.0, _mean([r["api_calls"] for r in by_budget[b]])) for b in budgets]  # log axis
             y = [_mean([r[key] for r in by_budget[b]]) for b in budgets]
             err = [_sd([r[key] for r in by_budget[b]]) for b in budgets]
-            ax.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=2, label=label, color=color,
+            ax.errorbar(x, y, yerr=err, marker=marker, markersize=4, capsize=2, label=label, color=color,
                         linestyle="-" if policy == "common" else "none")
     for ax, ylabel in zip(axes, (metric_name.upper() if metric_name == "f1" else "accuracy", "NLL")):
         ax.set_xscale("log")
@@ -336,13 +358,10 @@ def plot_budget_sweep(records: Sequence[Mapping[str, Any]], path: str | Path, ta
         ax.set_ylabel(f"test {ylabel}")
         ax.grid(True, alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.legend(handles, labels, loc="lower center", ncol=_LEGEND_COLUMNS, fontsize=8, frameon=False)
     figure.suptitle(f"{task}: test {metric_name} and NLL against API calls (mean ± sd over seeds)")
-    figure.tight_layout(rect=(0, 0.2, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    figure.tight_layout(rect=(0, legend_inches / height, 1, 1))
+    return figure
 
 
 # ---------------------------------------------------------------------- helpers

@@ -673,6 +673,26 @@ def test_markdown_report_separates_main_table_and_sweep(tmp_path):
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("num_methods", [3, 22])
+def test_budget_sweep_legend_stays_inside_the_figure(num_methods):
+    """However many methods, the legend below the axes is drawn whole, and repeated colours get new markers."""
+    from benchmarks.report import budget_sweep_figure
+
+    label = "Tempered SMC, model average over a latent temperature"  # the longest label in the suite
+    records = [{**synthetic("sst2", f"m{index}", 0, 0.7, budget=2000), "method_label": f"{label} {index}"}
+               for index in range(num_methods)]
+    figure = budget_sweep_figure(records)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legend = figure.legends[0].get_window_extent(renderer)
+    page = figure.bbox
+    assert page.x0 <= legend.x0 and legend.x1 <= page.x1 and page.y0 <= legend.y0
+    axes_bottom = min(ax.get_tightbbox(renderer).y0 for ax in figure.axes)
+    assert legend.y1 <= axes_bottom  # below the axes and their labels, not over them
+    styles = {(line.get_color(), line.get_marker()) for line in figure.axes[1].get_lines() if line.get_marker() in ("o", "s", "^", "D")}
+    assert len(styles) == num_methods
+
+
 # ---------------------------------------------------------------------- pieces
 
 
