@@ -61,6 +61,10 @@ _PALETTE: tuple[str, ...] = ("tab:blue", "tab:orange", "tab:green", "tab:red", "
                              "tab:gray", "tab:olive", "tab:cyan", "navy", "darkgoldenrod", "teal", "crimson")
 #: Markers of the sweep plot: the next one each time the palette starts over.
 _MARKERS: tuple[str, ...] = ("o", "s", "^", "D")
+#: Sweep-plot layout: legend columns, inches per legend row of 8-point labels, axes height.
+_LEGEND_COLUMNS = 3
+_LEGEND_ROW_INCHES = 0.2
+_AXES_INCHES = 4.5
 
 
 def format_mean_sd(values: Iterable[float | None], digits: int = 3) -> str:
@@ -311,11 +315,6 @@ def plot_budget_sweep(records: Sequence[Mapping[str, Any]], path: str | Path, ta
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path
-
-
-_LEGEND_COLUMNS = 3
-_LEGEND_ROW_INCHES = 0.2  # one row of 8-point labels with its spacing
-_AXES_INCHES = 4.5
 
 
 def budget_sweep_figure(records: Sequence[Mapping[str, Any]], task: str | None = None) -> Figure:

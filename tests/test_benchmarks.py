@@ -830,14 +830,11 @@ def test_smc_average_mixes_both_models_by_their_evidence(data_dir, monkeypatch):
     assert options == {"temperature_prior_scale": 1.0}
     resources = Resources(config)
 
-    def context(method_options):
-        return sst2_context(resources, 2000, method_options)
-
-    ctx = context(options)
+    ctx = sst2_context(resources, 2000, options)
     outcome = registry["smc-average"].fit(ctx)
     calls = ctx.meter.calls  # read now: the resources rebind the cached backend to the next context's meter
-    plain = registry["smc"].fit(context({}))  # the same seed: the plain half is the smc method's run
-    tempered = registry["smc-temp"].fit(context(options))
+    plain = registry["smc"].fit(sst2_context(resources, 2000, {}))  # the same seed: the plain half is the smc method's run
+    tempered = registry["smc-temp"].fit(sst2_context(resources, 2000, options))
     summary = outcome.summary
     assert summary["log_evidence_plain"] == plain.summary["log_evidence"]
     assert summary["log_evidence_tempered"] == tempered.summary["log_evidence"]
@@ -852,7 +849,7 @@ def test_smc_average_mixes_both_models_by_their_evidence(data_dir, monkeypatch):
     # The fake box's evidence all but rules out the plain model (log odds ~19). To see that its
     # particles, given temperature 1, predict as the plain model does, fix the weights at 0.3 / 0.7.
     monkeypatch.setattr(methods_module, "_evidence_probabilities", lambda log_z: [0.3, 0.7])
-    ctx = context(options)
+    ctx = sst2_context(resources, 2000, options)
     outcome = registry["smc-average"].fit(ctx)
     temperature = outcome.fitted.samples["temperature"].reshape(-1)
     assert outcome.fitted.num_samples == 16 and bool((temperature[:8] == 1.0).all())
@@ -877,13 +874,10 @@ def test_smc_average_keeps_the_plain_model_when_the_budget_leaves_no_tempered_ru
     resources, task = Resources(config), get_task("sst2")
     budget = 24  # the initial population and two moves of 8 particles: too few to reach beta = 1
 
-    def context(method_options):
-        return sst2_context(resources, budget, method_options)
-
-    ctx = context(options)
+    ctx = sst2_context(resources, budget, options)
     outcome = registry["smc-average"].fit(ctx)
     calls = ctx.meter.calls
-    plain = registry["smc"].fit(context({}))
+    plain = registry["smc"].fit(sst2_context(resources, budget, {}))
     assert plain.status == Status.BUDGET_EXHAUSTED and calls == plain.summary["evaluations"] == budget
     assert outcome.status == Status.BUDGET_EXHAUSTED
     assert outcome.summary["probability_tempered"] == 0.0 and outcome.summary["tempered_status"] == "not_started"
