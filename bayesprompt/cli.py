@@ -70,7 +70,7 @@ _PREDICT_DESCRIPTION = (
     "predicted class (predicted, predicted_name), the ensemble's class probabilities (smoothed vote "
     "shares for likelihood-free runs) and the uncertainty scores (predictive and expected "
     "entropy, mutual information, 1 - max p, 1 - vote margin). A summary goes to stderr. "
-    "Queries are metered, not budgeted: one call per posterior sample and chunk of inputs."
+    "Queries are metered, not budgeted: one call per distinct posterior sample and chunk of inputs."
 )
 _COMPARE_DESCRIPTION = (
     "Weigh finished runs fitted to the same few-shot training examples (task, k, data seed, and "

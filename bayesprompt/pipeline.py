@@ -624,8 +624,8 @@ class Forecast:
 def predict_run(directory: str | Path, inputs: Sequence[Example] | str | Path) -> Forecast:
     """Predict new inputs with the posterior of a finished run.
 
-    Every posterior sample scores every input (metered, not budgeted: ``S`` calls per
-    chunk of inputs), and the ensemble average is formed as for the run's test metrics:
+    Every posterior sample scores every input (metered, not budgeted: one call per distinct
+    sample and chunk of inputs), and the ensemble average is formed as for the run's test metrics:
     probability average for score engines, smoothed vote shares for likelihood-free ones.
 
     Parameters

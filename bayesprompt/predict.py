@@ -5,7 +5,9 @@ the evaluation batch, and the distribution of its observed site gives per-sample
 probabilities ``[S, N, C]``. The Bayesian model average is their weighted mean. This
 works for any prompt model whose observed site is a Categorical, e.g. with a latent
 likelihood temperature. Large evaluation sets stream in chunks of examples, so memory
-stays bounded; each chunk costs one metered call per sample.
+stays bounded; each chunk costs one metered call per distinct sample (repeated samples,
+such as resampled particles or the states of a rejected MCMC move, are run once: the model
+is deterministic given its latent values).
 
 :meth:`EnsemblePredictions.uncertainty` gives the per-example uncertainty scores of
 :mod:`bayesprompt.uncertainty` (predictive/expected entropy, mutual information,
@@ -128,7 +130,7 @@ def predict(
     num_samples : int or None
         Predict with at most this many samples (:meth:`Posterior.subsample`: even
         thinning of equal weights, seeded resampling of weighted ones); each sample costs
-        one API call per chunk. ``None``: every sample.
+        one API call per chunk, repeated samples only once. ``None``: every sample.
     seed : int
         Seed of the resampling.
 
@@ -247,14 +249,38 @@ def _stream(
     chunk_size: int,
     read: Callable[[Potential, torch.Tensor, EncodedBatch], torch.Tensor],
 ) -> torch.Tensor:
-    """Run ``read(potential_on_chunk, u, chunk)`` over chunks of examples; concatenate on dim 1."""
+    """Run ``read(potential_on_chunk, u, chunk)`` over chunks of examples; concatenate on dim 1.
+
+    Repeated samples (resampled particles, rejected MCMC moves) are run once and their
+    outputs copied, which the model's determinism given its latent values makes exact.
+    """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if len(batch) == 0:
         raise ValueError("batch is empty: nothing to predict")
-    u = potential.pack(posterior.samples)
+    distinct, inverse = distinct_rows(potential.pack(posterior.samples))
     parts = []
     for start in range(0, len(batch), chunk_size):
         part = batch.select(slice(start, start + chunk_size))
-        parts.append(read(potential.with_args(part), u, part))
-    return torch.cat(parts, dim=1)
+        parts.append(read(potential.with_args(part), distinct, part))
+    return torch.cat(parts, dim=1)[inverse]
+
+
+def distinct_rows(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of ``u`` in order of first appearance, and where each row went.
+
+    Returns ``(distinct, inverse)`` with ``distinct[inverse]`` equal to ``u``.
+
+    Examples
+    --------
+    >>> distinct, inverse = distinct_rows(torch.tensor([[2.0], [1.0], [2.0], [3.0]]))
+    >>> distinct.flatten().tolist(), inverse.tolist()
+    ([2.0, 1.0, 3.0], [0, 1, 0, 2])
+    """
+    _, group = torch.unique(u, dim=0, return_inverse=True)  # groups in sorted order
+    rows = torch.arange(len(u))
+    first = torch.full((int(group.max()) + 1,), len(u)).scatter_reduce(0, group, rows, "amin")
+    order = first.argsort()  # groups by first appearance
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    return u[first[order]], rank[group]

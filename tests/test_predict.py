@@ -39,7 +39,8 @@ def test_num_samples_predicts_with_the_subsampled_posterior():
     meter, potential, batch, z = _setup()
     weighted = Posterior({"z": z}, torch.linspace(0, 3, 40))
     small = predict(weighted, potential, batch, num_samples=5, seed=7)
-    assert meter.calls == 5 and small.probs.shape[0] == 5
+    distinct = torch.unique(weighted.subsample(5, seed=7).samples["z"], dim=0).shape[0]
+    assert meter.calls == distinct and small.probs.shape[0] == 5
     reference = predict(weighted.subsample(5, seed=7), potential, batch)
     assert torch.equal(small.probs, reference.probs)
     equal = Posterior({"z": z}, torch.zeros(40))
@@ -54,3 +55,23 @@ def test_votes_are_one_hot_argmax_of_the_scores_and_subsample_too():
     probs = predict(posterior, score_potential, batch, num_samples=6).probs
     assert votes.probs.shape == (6, 10, 3)
     assert torch.equal(votes.probs.argmax(-1), probs.argmax(-1)) and torch.equal(votes.probs.sum(-1), torch.ones(6, 10))
+
+
+def test_repeated_samples_are_queried_once_and_get_the_same_predictions():
+    meter, potential, batch, z = _setup()
+    order = torch.tensor([2, 0, 2, 1, 0, 2])  # three distinct prompts, six samples
+    repeated = Posterior({"z": z[order]}, torch.linspace(0, 1, 6))
+    probs = predict(repeated, potential, batch, chunk_size=4).probs  # 3 chunks
+    assert meter.calls == 3 * 3
+    distinct = predict(Posterior({"z": z[:3]}, torch.zeros(3)), potential, batch, chunk_size=4).probs
+    assert torch.equal(probs, distinct[order])
+    assert predict(repeated, potential, batch).weights.equal(repeated.weights)
+
+
+def test_repeated_samples_vote_once_each_and_keep_their_votes():
+    meter, potential, batch, z = _setup(likelihood_free=True)
+    order = torch.tensor([1, 1, 0, 1])
+    votes = predict_votes(Posterior({"z": z[order]}, torch.zeros(4)), potential, batch, num_classes=3)
+    assert meter.calls == 2
+    single = predict_votes(Posterior({"z": z[:2]}, torch.zeros(2)), potential, batch, num_classes=3)
+    assert torch.equal(votes.probs, single.probs[order])
