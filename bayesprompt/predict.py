@@ -278,9 +278,9 @@ def distinct_rows(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ([2.0, 1.0, 3.0], [0, 1, 0, 2])
     """
     _, group = torch.unique(u, dim=0, return_inverse=True)  # groups in sorted order
-    rows = torch.arange(len(u))
-    first = torch.full((int(group.max()) + 1,), len(u)).scatter_reduce(0, group, rows, "amin")
+    rows = torch.arange(len(u), device=u.device)
+    first = torch.full((int(group.max()) + 1,), len(u), device=u.device).scatter_reduce(0, group, rows, "amin")
     order = first.argsort()  # groups by first appearance
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order))
+    rank[order] = torch.arange(len(order), device=u.device)
     return u[first[order]], rank[group]
