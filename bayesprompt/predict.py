@@ -269,7 +269,9 @@ def _stream(
 def distinct_rows(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct rows of ``u`` in order of first appearance, and where each row went.
 
-    Returns ``(distinct, inverse)`` with ``distinct[inverse]`` equal to ``u``.
+    Returns ``(distinct, inverse)`` with ``distinct[inverse]`` equal to ``u``. Keeping the
+    order of first appearance makes rows without repeats come back as they are, so such a
+    posterior is run exactly as the samples were given.
 
     Examples
     --------

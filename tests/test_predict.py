@@ -6,7 +6,7 @@ from bayesprompt.data.task import Example, Task
 from bayesprompt.inference.posterior import Posterior
 from bayesprompt.lm import LabelOnly, Meter
 from bayesprompt.models import LikelihoodFreePromptModel, Potential, PromptModel, RandomProjection
-from bayesprompt.predict import predict, predict_votes
+from bayesprompt.predict import distinct_rows, predict, predict_votes
 from bayesprompt.testing import FakeBlackBox
 
 TOY = Task("toy", ("a", "b", "c"), ("A.", "B.", "C."), "{text} {mask}", ("a", "b", "c"))
@@ -75,3 +75,9 @@ def test_repeated_samples_vote_once_each_and_keep_their_votes():
     assert meter.calls == 2
     single = predict_votes(Posterior({"z": z[:2]}, torch.zeros(2)), potential, batch, num_classes=3)
     assert torch.equal(votes.probs, single.probs[order])
+
+
+def test_samples_without_repeats_are_run_as_given():
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    distinct, inverse = distinct_rows(z)
+    assert torch.equal(distinct, z) and inverse.tolist() == [0, 1, 2, 3, 4]
