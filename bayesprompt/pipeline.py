@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -977,13 +976,6 @@ def _infer(
     progress: bool,
 ) -> tuple[Posterior, float]:
     """Run (or continue) inference, checkpointing into ``run_dir``; returns the posterior and seconds."""
-    started = time.perf_counter()
-    if not isinstance(engine, Engine):  # e.g. PyroRandomWalk: Pyro owns the loop, so no checkpoints
-        if checkpoint is not None:
-            raise RunDirectoryError(f"engine {setup.config.engine!r} cannot resume from a checkpoint")
-        setup.potential.discover_sites()  # free; prediction needs the sites
-        posterior = engine.run(setup.potential, seed=setup.config.seed, meter=setup.meter, progress=progress)
-        return posterior, time.perf_counter() - started
     digest = config_digest(_config_dict(setup.config))
     return run_with_checkpoints(engine, setup.potential, run_dir, seed=setup.config.seed, meter=setup.meter,
                                 config_sha256=digest, start=checkpoint, codec=codec, progress=progress)

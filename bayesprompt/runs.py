@@ -114,6 +114,9 @@ STATE_CLASSES: tuple[str, ...] = (
     "bayesprompt.inference.kalman.eki.EKIState",
     "bayesprompt.inference.kalman.eks.EKSState",
     "bayesprompt.inference.mcmc.ensemble.EnsembleState",
+    "bayesprompt.inference.mcmc.random_walk.RandomWalkState",
+    "bayesprompt.inference.mcmc.random_walk.RandomWalkChain",
+    "bayesprompt.inference.mcmc.random_walk.KernelState",
     "bayesprompt.models.priors.GaussianPrior",
 )
 

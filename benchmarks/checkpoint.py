@@ -19,8 +19,7 @@ is ignored.
 The fit itself is checkpointed too: a single-engine method writes its engine state to
 ``steps/`` after every engine step (:func:`benchmarks.methods.run_engine`), and a cell
 killed during its fit continues from the last step on the next run. The other methods
-(``smc-average`` and ``smc-devprior``, which chain two fits, and Pyro's random walk, whose
-loop Pyro owns) start their fit again.
+(``smc-average`` and ``smc-devprior``, which chain two fits) start their fit again.
 
 Examples
 --------

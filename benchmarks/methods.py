@@ -573,7 +573,7 @@ def _ensemble_mcmc_engine(ctx: MethodContext, potential: Potential) -> Engine:
     return EnsembleSampler(**_options(ctx, defaults))
 
 
-def fit_random_walk(ctx: MethodContext) -> MethodOutcome:
+def _random_walk_engine(ctx: MethodContext, potential: Potential) -> Engine:
     """Pyro's RandomWalkKernel, one chain from a prior draw; half the budget is warmup."""
     from pyro.infer.autoguide.initialization import init_to_sample
 
@@ -581,11 +581,7 @@ def fit_random_walk(ctx: MethodContext) -> MethodOutcome:
 
     steps = 2000 if ctx.budget is None else max(2, ctx.budget - 8)  # Pyro's set-up costs ~4 calls per chain
     defaults = {"warmup_steps": steps // 2, "num_samples": steps - steps // 2, "init_strategy": init_to_sample}
-    sampler = PyroRandomWalk(**_options(ctx, defaults))
-    potential = make_potential(ctx, likelihood_free=False)
-    potential.discover_sites()  # free with a meter; predict() needs the sites
-    posterior = sampler.run(potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
-    return posterior_outcome(ctx, posterior, potential, likelihood_free=False)
+    return PyroRandomWalk(**_options(ctx, defaults))
 
 
 def fit_smc_dev_prior(ctx: MethodContext) -> MethodOutcome:
@@ -780,7 +776,7 @@ def default_registry() -> dict[str, MethodSpec]:
                    _engine_fitter(_ensemble_mcmc_engine), requires=(f"{mcmc}:EnsembleSampler",)),
         MethodSpec("rw-mcmc", "Pyro random walk (MCMC)", "ours",
                    "Pyro's RandomWalkKernel, one chain, half the budget warmup",
-                   fit_random_walk, requires=(f"{mcmc}:PyroRandomWalk",)),
+                   _engine_fitter(_random_walk_engine), requires=(f"{mcmc}:PyroRandomWalk",)),
         MethodSpec("cma-elbo", "CMA-ELBO", "ours",
                    "CMA-ES on a mean-field Gaussian q(z), Monte Carlo ELBO, best-dev q",
                    _engine_fitter(_cma_elbo_engine), requires=(f"{cma}:CMAELBO",)),

@@ -208,8 +208,9 @@ def _dies_at_step_three(real_write, step=3):
 def test_a_cell_killed_during_its_fit_continues_from_its_last_engine_step(tmp_path, data_dir, monkeypatch):
     from bayesprompt.runs import RunDirectory
 
-    methods = ("bbt", "ensembles", "smc-temp", "abc-mcmc", "eks", "ensemble-mcmc", "cma-elbo")  # CMA states (pycma
-    # pickles), particles with a latent temperature, votes with dev smoothing (calls kept back), Kalman and MCMC
+    methods = ("bbt", "ensembles", "smc-temp", "abc-mcmc", "eks", "ensemble-mcmc", "rw-mcmc", "cma-elbo")  # CMA
+    # states (pycma pickles), particles with a latent temperature, votes with dev smoothing (calls kept back), Kalman,
+    # MCMC and Pyro's kernel
     config = fake_config(data_dir, methods=methods, budgets=(400,))
     real_write = RunDirectory.write_checkpoint
     monkeypatch.setattr(RunDirectory, "write_checkpoint", _dies_at_step_three(real_write))

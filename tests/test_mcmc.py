@@ -24,12 +24,14 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer import MCMC
 from pyro.infer.autoguide.initialization import init_to_value
+from pyro.infer.mcmc import RandomWalkKernel
 from scipy import stats
 from scipy.signal import lfilter
 
 from bayesprompt.data.task import Example, Task
-from bayesprompt.inference.base import InitialBudgetError, run
+from bayesprompt.inference.base import InitialBudgetError, make_generator, run
 from bayesprompt.inference.mcmc import (
     DEMove,
     EnsembleSampler,
@@ -41,10 +43,12 @@ from bayesprompt.inference.mcmc import (
     integrated_time,
     run_random_walk,
 )
+from bayesprompt.inference.mcmc.random_walk import PotentialEnergy, latent_transforms
 from bayesprompt.lm.meter import BudgetExhausted, Meter
-from bayesprompt.models.potential import Potential
+from bayesprompt.models.potential import Potential, seeded
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import PromptModel
+from bayesprompt.runs import RunDirectory, StateCodec, run_with_checkpoints
 from bayesprompt.testing import FakeBlackBox, LinearGaussian
 
 K = 5.0  # standard errors allowed per check (see the module docstring)
@@ -92,6 +96,17 @@ def prompt_problem(meter: Meter | None = None) -> tuple[FakeBlackBox, Potential]
     box = FakeBlackBox(TASK, embed_dim=4, seed=0, meter=meter)
     projection = RandomProjection.from_embeddings(box.embedding_table(), intrinsic_dim=3, n_tokens=2, seed=0)
     return box, Potential(PromptModel(box, projection), (box.encode(EXAMPLES),), meter=box.meter)
+
+
+def half_normal_scale_model(y):
+    """A model with a constrained latent site (``scale > 0``), so a non-identity transform."""
+    scale = pyro.sample("scale", dist.HalfNormal(2.0))
+    with pyro.plate("data", len(y), dim=-1):
+        pyro.sample("y", dist.Normal(0.0, scale), obs=y)
+
+
+SCALE_DATA = torch.tensor([0.3, -1.2, 2.0, 0.7])
+
 
 
 # ---------------------------------------------------------------------- autocorrelation
@@ -261,13 +276,7 @@ def test_ensemble_is_deterministic_resumable_and_leaves_global_rng_alone():
 
 
 def test_constrained_sites_come_back_constrained():
-    data = torch.tensor([0.3, -1.2, 2.0, 0.7])
-
-    def model(y):
-        scale = pyro.sample("scale", dist.HalfNormal(2.0))
-        with pyro.plate("data", len(y), dim=-1):
-            pyro.sample("y", dist.Normal(0.0, scale), obs=y)
-
+    model, data = half_normal_scale_model, SCALE_DATA
     ens = run(EnsembleSampler(num_iterations=20, num_walkers=8), Potential(model, (data,)), progress=False)
     rw = run_random_walk(model, (data,), num_samples=20, warmup_steps=10, progress=False)
     for post in (ens, rw):
@@ -285,9 +294,11 @@ def test_random_walk_recovers_linear_gaussian_posterior():
     summary = post.summary
     assert 0.05 < summary["acceptance_rate"] < 0.95 and len(summary["acceptance_per_chain"]) == 2
     assert summary["dropped_draws"] == 0 and summary["draws_per_chain"] == 2000
-    # diagnostics: one record per kept draw, chain-major like the samples
-    assert len(post.diagnostics) == 4000 and post.diagnostics[2000]["chain"] == 1
-    accepted = sum(d["accepted"] for d in post.diagnostics[:2000]) / 2000
+    # diagnostics: one record per engine step (warmup, sampling and chain 1's set-up), in order
+    stages = [(d["chain"], d["stage"]) for d in post.diagnostics]
+    assert stages == [*[(0, "warmup")] * 300, *[(0, "sample")] * 2000, (1, "setup"), *[(1, "warmup")] * 300,
+                      *[(1, "sample")] * 2000]
+    accepted = sum(d["accepted"] for d in post.diagnostics[300:2300]) / 2000
     assert accepted == pytest.approx(summary["acceptance_per_chain"][0])
 
 
@@ -304,6 +315,77 @@ def test_random_walk_chain_major_and_deterministic():
     assert not torch.equal(chains[0], chains[1])
     assert torch.equal(two.samples["z"], again.samples["z"])
     assert two.summary["num_chains"] == 2 and len(two.summary["step_size_per_chain"]) == 2
+
+
+def test_random_walk_draws_what_pyro_mcmc_draws():
+    """One chain equals ``pyro.infer.MCMC(RandomWalkKernel(model))`` run under the chain's seed, bit for bit."""
+    sampler = PyroRandomWalk(num_samples=40, warmup_steps=15, init_step_size=0.3)
+    post = sampler.run(Potential(half_normal_scale_model, (SCALE_DATA,)), seed=7, progress=False)
+    with seeded(make_generator(7)):  # the engine seeds chain 0 this way
+        mcmc = MCMC(RandomWalkKernel(half_normal_scale_model, init_step_size=0.3), num_samples=40, warmup_steps=15,
+                    disable_progbar=True)
+        mcmc.run(SCALE_DATA)
+    assert torch.equal(post.samples["scale"], mcmc.get_samples()["scale"])
+    rate = mcmc.diagnostics()["acceptance rate"]["chain 0"]
+    assert post.summary["acceptance_rate"] == pytest.approx(rate)
+
+
+def test_potential_energy_equals_pyros():
+    kernel = RandomWalkKernel(half_normal_scale_model)
+    with seeded(make_generator(0)), pyro.validation_enabled(False):
+        kernel.setup(0, SCALE_DATA)
+    ours = PotentialEnergy(half_normal_scale_model, (SCALE_DATA,), {},
+                           latent_transforms(half_normal_scale_model, (SCALE_DATA,), {}, None))
+    for value in (-2.0, 0.1, 1.5):
+        params = {"scale": torch.tensor(value)}
+        assert torch.equal(ours(params), kernel.potential_fn(params))
+
+
+class Killed(Exception):
+    """Stands in for a kill right after a checkpoint."""
+
+
+@pytest.mark.parametrize("cut", [0, 2, 9, 13, 14, 20], ids=lambda c: f"after-{c}-steps")
+@pytest.mark.parametrize("metered", [True, False], ids=["prompt-model-metered", "constrained-model-unmetered"])
+def test_random_walk_continues_from_a_checkpoint_exactly(cut, metered, tmp_path, monkeypatch):
+    """Killed after ``cut`` steps (warmup, sampling, at and after chain 1's set-up), a fresh engine on a
+    fresh potential continues from the checkpoint to the uninterrupted run's draws, calls and records."""
+    sampler = dict(num_samples=6, warmup_steps=7, num_chains=2, init_step_size=0.5)  # chain 1's set-up: step 14
+
+    def fit(run_dir=None, start=None):
+        if metered:
+            box, potential = prompt_problem(Meter(budget=200))
+            meter = box.meter
+        else:
+            potential, meter = Potential(half_normal_scale_model, (SCALE_DATA,)), Meter()
+        return run_with_checkpoints(PyroRandomWalk(**sampler), potential, run_dir, seed=5, meter=meter,
+                                    config_sha256="x", start=start, progress=False)[0]
+
+    reference = fit()
+    write = RunDirectory.write_checkpoint
+
+    def write_then_die(self, checkpoint, codec):
+        write(self, checkpoint, codec)
+        if checkpoint.iteration == cut:
+            raise Killed
+
+    with monkeypatch.context() as patch, pytest.raises(Killed):
+        patch.setattr(RunDirectory, "write_checkpoint", write_then_die)
+        fit(RunDirectory(tmp_path))
+    start = RunDirectory(tmp_path).read_checkpoint(StateCodec())
+    assert start.iteration == cut
+    resumed = fit(start=start)
+    assert_samples_equal(reference, resumed)
+    assert resumed.diagnostics == reference.diagnostics and resumed.summary == reference.summary
+    assert resumed.api_calls == reference.api_calls
+    if metered:  # the continued run spent no call on a new set-up
+        assert resumed.api_calls["calls"] == 2 * (RW_SETUP_CALLS + 7 + 6)
+
+
+def assert_samples_equal(a, b) -> None:
+    assert a.samples.keys() == b.samples.keys()
+    for name in a.samples:
+        assert torch.equal(a.samples[name], b.samples[name]), name
 
 
 def test_random_walk_init_strategy_is_used():
@@ -357,7 +439,8 @@ def test_random_walk_stops_at_budget_and_keeps_completed_draws(
     assert post.status == "budget_exhausted" and meter.calls <= budget
     assert post.api_calls["calls"] == meter.calls == budget
     assert post.num_chains == kept_chains and post.samples["z"].shape == (kept_chains * kept_draws, 2)
-    assert post.summary["dropped_draws"] == dropped and len(post.diagnostics) == kept_chains * kept_draws
+    assert post.summary["dropped_draws"] == dropped
+    assert sum(d["stage"] == "sample" for d in post.diagnostics) == samples + chain1_draws
 
 
 def test_random_walk_budget_in_warmup_raises_a_clear_error():

@@ -404,6 +404,7 @@ ENGINE_CASES = {
     "eki": {"engine_options": {"tikhonov": True, "max_iterations": 5}},
     "eks": {"engine_options": {"num_iterations": 5}},
     "ensemble-mcmc": {"engine_options": {"num_iterations": 6, "burn_in": 2}},
+    "rw-mcmc": {"engine_options": {"warmup_steps": 3, "num_samples": 5, "num_chains": 2}},
 }
 
 
@@ -450,15 +451,6 @@ def test_unregistered_engine_state_fails_at_the_first_checkpoint(tmp_path, fake_
                                 num_particles=4, out=str(tmp_path / "run"))
     with pytest.raises(StateSerializationError, match="UnregisteredState is not on the state allow-list"):
         pipeline.fit(config, progress=False, engine=Custom(num_particles=4))
-
-
-def test_random_walk_runs_through_the_pipeline_but_does_not_checkpoint(tmp_path, fake_backend):
-    config = pipeline.FitConfig(task="sst2", engine="rw-mcmc", budget=60, k=4, dev_k=2, test_size=10,
-                                intrinsic_dim=5, n_tokens=2, out=str(tmp_path / "rw"))
-    result = pipeline.fit(config, progress=False)
-    assert result.posterior.engine == "rw-mcmc" and result.posterior.num_samples > 0
-    assert result.metrics["inference_api_calls"]["calls"] <= 60
-    assert not (tmp_path / "rw" / "checkpoint.npz").exists()
 
 
 def test_a_checkpoint_does_not_continue_another_engine_or_config(tmp_path):

@@ -5,8 +5,9 @@
   :class:`~bayesprompt.inference.base.Engine`: ``run(EnsembleSampler(...), potential)``;
   each red-blue half-step scores all its proposals in one black-box query;
 * :class:`PyroRandomWalk` (``"rw-mcmc"``) / :func:`run_random_walk` -- Pyro's own
-  ``RandomWalkKernel`` through ``pyro.infer.MCMC`` (one prompt per step), returning a
-  :class:`~bayesprompt.inference.posterior.Posterior`;
+  ``RandomWalkKernel`` (one prompt per step), driven one transition per engine step as
+  ``pyro.infer.MCMC`` drives it, so it draws what ``MCMC`` draws and checkpoints like
+  the other engines;
 * :func:`integrated_time`, :func:`autocorr_function`, :func:`autocorr_reliable` --
   emcee's integrated autocorrelation time estimator.
 
@@ -24,7 +25,12 @@ from bayesprompt.inference.mcmc.ensemble import (
     Move,
     StretchMove,
 )
-from bayesprompt.inference.mcmc.random_walk import PyroRandomWalk, WarmupBudgetError, run_random_walk
+from bayesprompt.inference.mcmc.random_walk import (
+    PyroRandomWalk,
+    RandomWalkState,
+    WarmupBudgetError,
+    run_random_walk,
+)
 
 __all__ = [
     "DEMove",
@@ -33,6 +39,7 @@ __all__ = [
     "MOVES",
     "Move",
     "PyroRandomWalk",
+    "RandomWalkState",
     "StretchMove",
     "WarmupBudgetError",
     "autocorr_function",

@@ -1,4 +1,4 @@
-"""Pyro's own random-walk Metropolis kernel, run through ``pyro.infer.MCMC``, as a :class:`Posterior`.
+"""Pyro's own random-walk Metropolis kernel, driven as an :class:`~bayesprompt.inference.base.Engine`.
 
 :class:`PyroRandomWalk` (``"rw-mcmc"``) runs :class:`pyro.infer.mcmc.RandomWalkKernel`
 on a Pyro model: an isotropic Gaussian random walk in the model's unconstrained space
@@ -7,30 +7,38 @@ step scores **one** prompt (one black-box query of one API call); Pyro's set-up 
 a few more (4 for a model without invalid initial points: plate-nesting guess,
 prototype trace, initial-point check, initial energy).
 
-Why not the :class:`~bayesprompt.inference.base.Engine` contract
--------------------------------------------------------------
-Pyro's ``MCMC.run`` owns the loop (warmup, adaptation, sampling) and keeps the chain
-state inside the kernel object, so there is no immutable ``init``/``step`` state to
-hand out. Instead :meth:`PyroRandomWalk.run` mirrors
-``run(engine, potential, seed, meter, progress)``. Draws are collected by MCMC's
-``hook_fn`` as they are made, so when the meter raises
-:class:`~bayesprompt.lm.meter.BudgetExhausted` mid-chain the completed post-warmup
-draws are kept and returned with status ``budget_exhausted`` (warmup draws are
-dropped; with no post-warmup draw at all :class:`WarmupBudgetError` is raised).
+One kernel transition per engine step
+-------------------------------------
+``pyro.infer.MCMC.run`` owns its loop and keeps the chain inside the kernel object,
+so it could not checkpoint or resume. Here the engine drives the kernel itself, the
+way ``MCMC`` does (same set-up, same transitions, same random numbers, under
+``poutine.block`` with Pyro's validation off), one transition per :meth:`step`, and
+copies what the kernel carries from one transition to the next (the point, its
+energy, the step-size adaptation counters and Pyro's stream of the global RNG) into
+an immutable :class:`RandomWalkState`. So a run checkpoints after every transition
+and continues exactly where it stopped (:func:`bayesprompt.runs.run_with_checkpoints`,
+``bayesprompt fit --resume``). A continued run rebuilds the kernel's potential
+function from a trace of the model cut at its first black-box query (free with a
+meter), so it spends no call on set-up and draws what an uninterrupted run draws.
+
+``init`` sets up chain 0; a :meth:`step` at the end of a chain sets up the next one
+(its info record has ``stage == "setup"``). When the meter raises
+:class:`~bayesprompt.lm.meter.BudgetExhausted`, the run keeps the completed
+post-warmup draws with status ``budget_exhausted`` (warmup draws are dropped; with no
+post-warmup draw at all :class:`WarmupBudgetError` is raised).
 
 Chains
 ------
-Chains run one after another, each with a **fresh kernel** under its own seed (drawn
-from the engine seed) in its own single-chain ``MCMC``. This avoids two Pyro 1.9.2
-behaviours: ``MCMC(num_chains > 1)`` forks worker processes when CPUs allow it (a
-metered black box would then be charged in the children, out of reach of the budget),
-and its sequential fallback reuses one ``RandomWalkKernel`` whose step size, step
-counter and acceptance counts carry over from chain to chain (later chains get no
-warmup adaptation and a cumulative "acceptance rate"). Samples are returned
-chain-major (``samples[site].reshape(num_chains, draws, ...)``), equally weighted.
-When the budget cuts a run short, the chains are truncated to a common length (needed
-for the chain-major layout and R-hat), choosing the number of chains that keeps the
-most draws; ``summary["dropped_draws"]`` counts the rest.
+Chains run one after another, each with a fresh set-up and fresh step-size adaptation
+under its own seed (drawn from the engine seed). This avoids two Pyro 1.9.2
+behaviours of ``MCMC(num_chains > 1)``: it forks worker processes when CPUs allow it
+(a metered black box would then be charged in the children, out of reach of the
+budget), and its sequential fallback carries one kernel's step size, step counter
+and acceptance counts over from chain to chain. Samples are returned chain-major
+(``samples[site].reshape(num_chains, draws, ...)``), equally weighted. When the
+budget cuts a run short, the chains are truncated to a common length (needed for the
+chain-major layout and R-hat), choosing the number of chains that keeps the most
+draws; ``summary["dropped_draws"]`` counts the rest.
 
 The model is run **unvectorised** (``z`` of shape ``[k]``) and Pyro passes latent values
 that require grad (its initial-point check computes gradients), so the model must
@@ -40,39 +48,160 @@ Never use ``arviz.from_pyro`` on this kernel; convert the returned Posterior ins
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyro
 import torch
-from pyro.infer import MCMC
+from pyro import poutine
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.mcmc import RandomWalkKernel
+from torch.distributions import biject_to
 
-from bayesprompt.inference.base import make_generator
+from bayesprompt.inference.base import Engine, generator_from, make_generator
+from bayesprompt.inference.base import run as run_engine
 from bayesprompt.inference.mcmc.autocorr import autocorr_reliable, integrated_time
 from bayesprompt.inference.posterior import Posterior, Status
-from bayesprompt.lm.meter import BudgetExhausted, Meter
+from bayesprompt.lm.meter import BudgetExhausted, Meter, ProbeInterrupt
 from bayesprompt.models.potential import Potential, seeded
 
-__all__ = ["PyroRandomWalk", "WarmupBudgetError", "run_random_walk"]
+__all__ = ["KernelState", "PyroRandomWalk", "RandomWalkChain", "RandomWalkState", "WarmupBudgetError",
+           "run_random_walk"]
 
 
 class WarmupBudgetError(BudgetExhausted):
     """The budget ran out before any chain made a post-warmup draw."""
 
-    def __init__(self, err: BudgetExhausted, engine: str, warmup_steps: int) -> None:
-        super().__init__(err.budget, err.used, err.requested)
+    def __init__(self, budget: int | None, used: int, engine: str, warmup_steps: int) -> None:
+        super().__init__(budget, used, 1)
         self.args = (
-            f"{engine}: the API budget ({err.budget} calls) ran out before the first post-warmup "
+            f"{engine}: the API budget ({budget} calls) ran out before the first post-warmup "
             f"draw (set-up plus warmup_steps={warmup_steps} calls per chain); raise the budget or "
             "lower warmup_steps",
         )
 
 
 @dataclass(frozen=True)
-class PyroRandomWalk:
+class KernelState:
+    """What :class:`~pyro.infer.mcmc.RandomWalkKernel` carries between transitions.
+
+    Attributes
+    ----------
+    t : int
+        Transitions made (Pyro's ``_t``).
+    log_step_size : float
+        Log of the random walk's standard deviation.
+    accept_count : int
+        Accepted post-warmup proposals.
+    mean_accept_prob : float
+        Running mean of the acceptance probabilities (warmup and sampling apart).
+    energy : Tensor
+        Potential energy (negative log joint) of the current point.
+    """
+
+    t: int
+    log_step_size: float
+    accept_count: int
+    mean_accept_prob: float
+    energy: torch.Tensor
+
+    @classmethod
+    def of(cls, kernel: RandomWalkKernel) -> "KernelState":
+        """Read the state off ``kernel``."""
+        return cls(kernel._t, kernel._log_step_size, kernel._accept_cnt, kernel._mean_accept_prob,
+                   kernel._energy_last.detach())
+
+    def load_into(self, kernel: RandomWalkKernel, warmup_steps: int) -> None:
+        """Put the state into ``kernel`` (which then transitions as if it had made the earlier ones)."""
+        kernel._warmup_steps = warmup_steps
+        kernel._t, kernel._log_step_size = self.t, self.log_step_size
+        kernel._accept_cnt, kernel._mean_accept_prob = self.accept_count, self.mean_accept_prob
+        kernel._energy_last = self.energy
+
+
+@dataclass(frozen=True)
+class RandomWalkChain:
+    """The record of one chain.
+
+    Attributes
+    ----------
+    draws : dict of Tensor
+        Post-warmup points (unconstrained), site name to ``[n, *site_shape]``, oldest first.
+    accepted : Tensor ``[n]``
+        Whether each post-warmup transition moved (bool).
+    step_sizes : Tensor ``[n]``
+        Step size after each post-warmup transition, as Pyro logs it (3 digits).
+    warmup_draws, warmup_accepted : int
+        Warmup transitions made, and how many of them moved.
+    """
+
+    draws: dict[str, torch.Tensor]
+    accepted: torch.Tensor
+    step_sizes: torch.Tensor
+    warmup_draws: int = 0
+    warmup_accepted: int = 0
+
+    @classmethod
+    def empty(cls, params: dict[str, torch.Tensor]) -> "RandomWalkChain":
+        """A chain with no transition yet, at the point ``params``."""
+        draws = {k: v.new_empty((0, *v.shape)) for k, v in params.items()}
+        return cls(draws, torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.float64))
+
+    @property
+    def num_draws(self) -> int:
+        """Post-warmup draws made."""
+        return len(self.accepted)
+
+    @property
+    def transitions(self) -> int:
+        """Transitions made, warmup included."""
+        return self.warmup_draws + self.num_draws
+
+    def with_draw(self, params: dict[str, torch.Tensor], moved: bool, step_size: float) -> "RandomWalkChain":
+        """This chain with one more post-warmup draw."""
+        draws = {k: torch.cat([v, params[k].unsqueeze(0)]) for k, v in self.draws.items()}
+        return dataclasses.replace(self, draws=draws, accepted=torch.cat([self.accepted, torch.tensor([moved])]),
+                                   step_sizes=torch.cat([self.step_sizes, torch.tensor([step_size], dtype=torch.float64)]))
+
+    @property
+    def warmup_acceptance(self) -> float:
+        """Fraction of accepted warmup proposals (NaN without warmup)."""
+        return self.warmup_accepted / self.warmup_draws if self.warmup_draws else math.nan
+
+
+@dataclass(frozen=True)
+class RandomWalkState:
+    """State of :class:`PyroRandomWalk` after a completed set-up or transition.
+
+    Attributes
+    ----------
+    chains : tuple of RandomWalkChain
+        The finished chains, then the one in progress.
+    params : dict of Tensor
+        The current point of the chain in progress (unconstrained).
+    kernel : KernelState
+        Its kernel's state.
+    pyro_rng : Tensor
+        State of torch's global RNG inside the chain (Pyro draws from it).
+    rng_state : Tensor
+        State of the engine's generator (it seeds the next chain).
+    """
+
+    chains: tuple[RandomWalkChain, ...]
+    params: dict[str, torch.Tensor]
+    kernel: KernelState
+    pyro_rng: torch.Tensor
+    rng_state: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PyroRandomWalk(Engine[RandomWalkState]):
     """Settings of a :class:`pyro.infer.mcmc.RandomWalkKernel` run (see the module docstring).
 
     Parameters
@@ -94,10 +223,11 @@ class PyroRandomWalk:
 
     Examples
     --------
+    >>> from bayesprompt.inference import run
     >>> from bayesprompt.testing import LinearGaussian
     >>> problem = LinearGaussian.random(dim=2, num_obs=5, seed=0)
     >>> sampler = PyroRandomWalk(num_samples=50, warmup_steps=20, num_chains=2)
-    >>> post = sampler.run(Potential(problem.model, meter=problem.meter), seed=0, progress=False)
+    >>> post = run(sampler, Potential(problem.model, meter=problem.meter), seed=0, progress=False)
     >>> post.status, post.num_chains, post.samples["z"].reshape(2, 50, 2).shape
     ('finished', 2, torch.Size([2, 50, 2]))
     >>> problem.meter.calls  # per chain: 4 set-up + 20 warmup + 50 draws
@@ -110,8 +240,13 @@ class PyroRandomWalk:
     init_step_size: float = 0.1
     target_accept_prob: float = 0.234
     init_strategy: Callable | None = field(default=None, repr=False)
+    #: Set-up kernels by potential (they hold the potential function and transforms).
+    _kernels: weakref.WeakKeyDictionary = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False, compare=False
+    )
 
     name = "rw-mcmc"
+    progress_keys = ("chain", "stage", "step_size")
 
     def __post_init__(self) -> None:
         _require(self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}")
@@ -126,13 +261,9 @@ class PyroRandomWalk:
     def run(
         self, potential: Potential, seed: int = 0, meter: Meter | None = None, progress: bool = True
     ) -> Posterior:
-        """Sample the (unvectorised) model of ``potential``; the signature of ``run(engine, ...)``.
-
-        ``meter`` defaults to ``potential.meter``; it is read for ``api_calls``.
-        """
+        """``bayesprompt.inference.run(self, ...)``; ``meter`` defaults to ``potential.meter``."""
         meter = meter if meter is not None else potential.meter
-        args, kwargs = potential.model_args, potential.model_kwargs
-        return self.sample(potential.model, args, kwargs, seed=seed, meter=meter, progress=progress)
+        return run_engine(self, potential, seed=seed, meter=meter, progress=progress)
 
     def sample(
         self,
@@ -150,56 +281,69 @@ class PyroRandomWalk:
         WarmupBudgetError
             If the budget runs out before any post-warmup draw.
         """
-        generator = make_generator(seed)
-        if self.init_strategy is not None:
-            # Pyro's kernel ignores MCMC(initial_params=...) and hard-codes its init strategy;
-            # this innermost handler sets the initial values (later, conditioning overrides it)
-            model = InitMessenger(self.init_strategy)(model)
-        chains: list[_ChainRecorder] = []
-        for _ in range(self.num_chains):
-            with seeded(generator):  # Pyro draws from torch's global RNG; restored afterwards
-                chain = self._run_chain(model, tuple(model_args), dict(model_kwargs or {}), progress)
-            chains.append(chain)
-            if chain.exhausted is not None:
-                break
-        exhausted = next((c.exhausted for c in chains if c.exhausted is not None), None)
-        if not any(c.draws for c in chains):
-            raise WarmupBudgetError(exhausted, self.name, self.warmup_steps) from exhausted
-        posterior = self._posterior(chains)
-        posterior.status = Status.FINISHED if exhausted is None else Status.BUDGET_EXHAUSTED
-        if meter is not None:
-            posterior.api_calls = meter.snapshot().to_dict()
-        return posterior
+        return self.run(Potential(model, model_args, model_kwargs, meter=meter), seed=seed, progress=progress)
 
-    # ------------------------------------------------------------------ internals
-    def _run_chain(self, model: Callable, args: tuple, kwargs: dict, progress: bool) -> "_ChainRecorder":
-        kernel = RandomWalkKernel(
-            model,
-            init_step_size=float(self.init_step_size),
-            target_accept_prob=float(self.target_accept_prob),
-        )
-        recorder = _ChainRecorder()
-        mcmc = MCMC(
-            kernel,
-            num_samples=self.num_samples,
-            warmup_steps=self.warmup_steps,
-            num_chains=1,
-            hook_fn=recorder,
-            disable_progbar=not progress,
-        )
-        try:
-            mcmc.run(*args, **kwargs)
-        except BudgetExhausted as err:
-            recorder.exhausted = err
-        return recorder
+    # ------------------------------------------------------------------ engine API
+    def init(self, potential: Potential, seed: int) -> RandomWalkState:
+        """Set up chain 0 (Pyro's set-up: 4 calls for a model without invalid initial points).
 
-    def _posterior(self, chains: list["_ChainRecorder"]) -> Posterior:
-        num_chains, length = _common_length([len(c.draws) for c in chains])
+        With a meter, the potential also learns its latent sites first (free), as prediction needs them.
+        """
+        if potential.meter is not None:
+            potential.discover_sites()
+        return self._start_chain(potential, make_generator(seed), ())
+
+    def step(self, potential: Potential, state: RandomWalkState) -> tuple[RandomWalkState, dict[str, Any]]:
+        """One kernel transition (one call), or the next chain's set-up after a finished chain."""
+        if self._finished(state.chains[-1]):
+            new = self._start_chain(potential, generator_from(state.rng_state), state.chains)
+            return new, {"chain": len(state.chains), "stage": "setup"}
+        kernel = self._kernel(potential)
+        state.kernel.load_into(kernel, self.warmup_steps)
+        with torch.random.fork_rng(devices=[]), _as_in_pyro_mcmc():
+            torch.set_rng_state(state.pyro_rng)
+            params = {k: v.detach() for k, v in kernel.sample(dict(state.params)).items()}
+            pyro_rng = torch.get_rng_state()
+        # a rejected proposal returns the previous tensors unchanged; an accepted one is new
+        moved = any(not torch.equal(params[k], state.params[k]) for k in params)
+        step_size = _logged_step_size(kernel)
+        record = state.chains[-1]
+        stage = "warmup" if record.warmup_draws < self.warmup_steps else "sample"
+        if stage == "warmup":
+            record = dataclasses.replace(record, warmup_draws=record.warmup_draws + 1,
+                                         warmup_accepted=record.warmup_accepted + int(moved))
+        else:
+            record = record.with_draw(params, moved, step_size)
+        new = dataclasses.replace(state, chains=(*state.chains[:-1], record), params=params,
+                                  kernel=KernelState.of(kernel), pyro_rng=pyro_rng)
+        info = {"chain": len(state.chains) - 1, "stage": stage, "transition": record.transitions, "accepted": moved,
+                "step_size": step_size}
+        return new, info
+
+    def stop_reason(self, state: RandomWalkState) -> str | None:
+        """``finished`` once the last chain has made all its transitions."""
+        done = len(state.chains) == self.num_chains and self._finished(state.chains[-1])
+        return Status.FINISHED if done else None
+
+    def posterior(self, potential: Potential, state: RandomWalkState) -> Posterior:
+        """The post-warmup draws of the chains, truncated to a common length, equally weighted.
+
+        Raises
+        ------
+        WarmupBudgetError
+            If no chain made a post-warmup draw (the budget ran out in set-up or warmup).
+        """
+        chains = state.chains
+        if not any(c.num_draws for c in chains):
+            meter = potential.meter
+            raise WarmupBudgetError(meter.budget if meter is not None else None, meter.calls if meter is not None
+                                    else 0, self.name, self.warmup_steps)
+        num_chains, length = _common_length([c.num_draws for c in chains])
         kept = chains[:num_chains]
-        transforms = kept[0].transforms
+        transforms = self._kernel(potential).transforms
         samples = {}
-        for name in kept[0].draws[0]:
-            u = torch.stack([torch.stack([d[name] for d in c.draws[:length]]) for c in kept])
+        for name in kept[0].draws:
+            u = torch.stack([c.draws[name][:length] for c in kept])
             x = transforms[name].inv(u) if name in transforms else u
             samples[name] = x.reshape(num_chains * length, *x.shape[2:]).detach()
         post = Posterior(
@@ -208,24 +352,68 @@ class PyroRandomWalk:
             engine=self.name,
             num_chains=num_chains,
         )
-        post.diagnostics = [
-            {"chain": i, "draw": j, "accepted": c.accepted[j], "step_size": c.step_sizes[j]}
-            for i, c in enumerate(kept)
-            for j in range(length)
-        ]
-        post.summary = self._summary(kept, length, sum(len(c.draws) for c in chains))
+        post.summary = self._summary(kept, length, sum(c.num_draws for c in chains))
         return post
 
-    def _summary(self, kept: list["_ChainRecorder"], length: int, total_draws: int) -> dict[str, Any]:
-        acceptance = [sum(c.accepted[:length]) / length for c in kept]
-        flat = [[torch.cat([v.reshape(-1) for v in d.values()]) for d in c.draws[:length]] for c in kept]
-        u = torch.stack([torch.stack(chain) for chain in flat], dim=1)  # [draws, chains, D], unconstrained
+    # ------------------------------------------------------------------ internals
+    def _finished(self, chain: RandomWalkChain) -> bool:
+        return chain.transitions >= self.warmup_steps + self.num_samples
+
+    def _model(self, potential: Potential) -> Callable:
+        if self.init_strategy is None:
+            return potential.model
+        # Pyro's kernel ignores MCMC(initial_params=...) and hard-codes its init strategy;
+        # this innermost handler sets the initial values (later, conditioning overrides it)
+        return InitMessenger(self.init_strategy)(potential.model)
+
+    def _start_chain(
+        self, potential: Potential, generator: torch.Generator, chains: tuple[RandomWalkChain, ...]
+    ) -> RandomWalkState:
+        """Pyro's set-up of a fresh chain under a seed drawn from ``generator``."""
+        kernel = RandomWalkKernel(
+            self._model(potential),
+            init_step_size=float(self.init_step_size),
+            target_accept_prob=float(self.target_accept_prob),
+        )
+        with seeded(generator), _as_in_pyro_mcmc():  # Pyro draws from torch's global RNG; restored afterwards
+            kernel.setup(self.warmup_steps, *potential.model_args, **potential.model_kwargs)
+            pyro_rng = torch.get_rng_state()
+        # transitions use an equal potential function that needs no set-up query when a run continues
+        kernel.potential_fn = PotentialEnergy(kernel.model, potential.model_args, potential.model_kwargs,
+                                              kernel.transforms)
+        self._kernels[potential] = kernel
+        params = {k: v.detach() for k, v in kernel.initial_params.items()}
+        return RandomWalkState(
+            chains=(*chains, RandomWalkChain.empty(params)),
+            params=params,
+            kernel=KernelState.of(kernel),
+            pyro_rng=pyro_rng,
+            rng_state=generator.get_state(),
+        )
+
+    def _kernel(self, potential: Potential) -> RandomWalkKernel:
+        """The kernel set up for ``potential``; rebuilt without a query for a continued run."""
+        kernel = self._kernels.get(potential)
+        if kernel is None:
+            kernel = RandomWalkKernel(self._model(potential), init_step_size=float(self.init_step_size),
+                                      target_accept_prob=float(self.target_accept_prob))
+            kernel.transforms = latent_transforms(kernel.model, potential.model_args, potential.model_kwargs,
+                                                  potential.meter)
+            kernel.potential_fn = PotentialEnergy(kernel.model, potential.model_args, potential.model_kwargs,
+                                                  kernel.transforms)
+            self._kernels[potential] = kernel
+        return kernel
+
+    def _summary(self, kept: tuple[RandomWalkChain, ...], length: int, total_draws: int) -> dict[str, Any]:
+        acceptance = [int(c.accepted[:length].sum()) / length for c in kept]
+        flat = [torch.cat([v[:length].reshape(length, -1) for v in c.draws.values()], dim=1) for c in kept]
+        u = torch.stack(flat, dim=1)  # [draws, chains, D], unconstrained
         tau = integrated_time(u) if length > 1 else torch.full((u.shape[2],), math.nan)
         return {
             "acceptance_rate": sum(acceptance) / len(acceptance),
             "acceptance_per_chain": acceptance,
             "warmup_acceptance_per_chain": [c.warmup_acceptance for c in kept],
-            "step_size_per_chain": [c.step_sizes[length - 1] for c in kept],
+            "step_size_per_chain": [float(c.step_sizes[length - 1]) for c in kept],
             "num_chains": len(kept),
             "draws_per_chain": length,
             "dropped_draws": total_draws - len(kept) * length,
@@ -237,6 +425,70 @@ class PyroRandomWalk:
             "autocorr_time_mean": float(tau.mean()),
             "autocorr_reliable": autocorr_reliable(tau, length),
         }
+
+
+@dataclass(frozen=True)
+class PotentialEnergy:
+    """Negative log joint of ``model`` at unconstrained latent values, as Pyro's MCMC computes it.
+
+    For a model with continuous latent sites this equals the ``potential_fn`` of
+    :func:`pyro.infer.mcmc.util.initialize_model`: the model conditioned on the
+    constrained values, its trace's ``log_prob_sum``, minus the log-Jacobians of
+    ``transforms`` (site name to the transform from constrained to unconstrained space).
+    """
+
+    model: Callable
+    model_args: tuple
+    model_kwargs: dict
+    transforms: dict
+
+    def __call__(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        constrained = {k: self.transforms[k].inv(v) for k, v in params.items()}
+        trace = poutine.trace(poutine.condition(self.model, constrained)).get_trace(*self.model_args,
+                                                                                    **self.model_kwargs)
+        log_joint = trace.log_prob_sum()
+        for name, transform in self.transforms.items():
+            log_joint = log_joint - torch.sum(transform.log_abs_det_jacobian(constrained[name], params[name]))
+        return -log_joint
+
+
+def latent_transforms(model: Callable, model_args: tuple, model_kwargs: dict, meter: Meter | None) -> dict:
+    """Transforms from each latent site's support to unconstrained space, as Pyro's MCMC sets them up.
+
+    With a meter the model runs only up to its first black-box query (free), so latent
+    sites drawn after it are not found; without one it runs in full. Torch's global RNG
+    is left as it was.
+
+    Raises
+    ------
+    ValueError
+        If a latent site is discrete (the random walk needs continuous ones).
+    """
+    tracer = poutine.trace(model)
+    with torch.random.fork_rng(devices=[]), _as_in_pyro_mcmc(), torch.no_grad():
+        probe = meter.probe() if meter is not None else contextlib.nullcontext()
+        with probe, contextlib.suppress(ProbeInterrupt):
+            tracer(*model_args, **model_kwargs)
+    transforms = {}
+    for name, site in tracer.trace.iter_stochastic_nodes():
+        fn = site["fn"]
+        if type(fn).__name__ == "_Subsample":
+            continue
+        if isinstance(fn, TorchDistributionMixin) and fn.has_enumerate_support:
+            raise ValueError(f"rw-mcmc: latent site {name!r} is discrete; the random walk needs continuous sites")
+        transforms[name] = biject_to(fn.support).inv
+    return transforms
+
+
+@contextlib.contextmanager
+def _as_in_pyro_mcmc() -> Iterator[None]:
+    """What ``pyro.infer.MCMC.run`` wraps its kernel in: ``poutine.block`` and no validation."""
+    with poutine.block(), pyro.validation_enabled(False):
+        yield
+
+
+def _logged_step_size(kernel: RandomWalkKernel) -> float:
+    return float(kernel.logging()["step size"])
 
 
 def run_random_walk(
@@ -272,39 +524,6 @@ def run_random_walk(
         init_strategy=init_strategy,
     )
     return sampler.sample(model, model_args, model_kwargs, seed=seed, meter=meter, progress=progress)
-
-
-@dataclass
-class _ChainRecorder:
-    """MCMC ``hook_fn``: keeps each post-warmup draw (unconstrained) as it is made."""
-
-    draws: list[dict[str, torch.Tensor]] = field(default_factory=list)
-    accepted: list[bool] = field(default_factory=list)
-    step_sizes: list[float] = field(default_factory=list)
-    warmup_accepted: int = 0
-    warmup_draws: int = 0
-    transforms: dict = field(default_factory=dict)
-    exhausted: BudgetExhausted | None = None
-    _previous: dict[str, torch.Tensor] | None = None
-
-    def __call__(self, kernel: RandomWalkKernel, params: dict, stage: str, i: int) -> None:
-        previous = self._previous if self._previous is not None else kernel.initial_params
-        self.transforms = kernel.transforms
-        # a rejected proposal returns the previous tensors unchanged; an accepted one is new
-        moved = any(not torch.equal(params[k], previous[k]) for k in params)
-        self._previous = params
-        if stage.lower().startswith("warmup"):
-            self.warmup_draws += 1
-            self.warmup_accepted += int(moved)
-            return
-        self.draws.append({k: v.detach() for k, v in params.items()})
-        self.accepted.append(moved)
-        self.step_sizes.append(float(kernel.logging()["step size"]))
-
-    @property
-    def warmup_acceptance(self) -> float:
-        """Fraction of accepted warmup proposals (NaN without warmup)."""
-        return self.warmup_accepted / self.warmup_draws if self.warmup_draws else math.nan
 
 
 def _common_length(lengths: list[int]) -> tuple[int, int]:
