@@ -17,7 +17,9 @@ check for a correct sampler, leaving room for the noise of the ``tau`` estimate
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import numpy as np
 import pyro
@@ -25,7 +27,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import MCMC
-from pyro.infer.autoguide.initialization import init_to_value
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_sample, init_to_value
 from pyro.infer.mcmc import RandomWalkKernel
 from scipy import stats
 from scipy.signal import lfilter
@@ -317,17 +319,31 @@ def test_random_walk_chain_major_and_deterministic():
     assert two.summary["num_chains"] == 2 and len(two.summary["step_size_per_chain"]) == 2
 
 
-def test_random_walk_draws_what_pyro_mcmc_draws():
-    """One chain equals ``pyro.infer.MCMC(RandomWalkKernel(model))`` run under the chain's seed, bit for bit."""
-    sampler = PyroRandomWalk(num_samples=40, warmup_steps=15, init_step_size=0.3)
-    post = sampler.run(Potential(half_normal_scale_model, (SCALE_DATA,)), seed=7, progress=False)
-    with seeded(make_generator(7)):  # the engine seeds chain 0 this way
-        mcmc = MCMC(RandomWalkKernel(half_normal_scale_model, init_step_size=0.3), num_samples=40, warmup_steps=15,
-                    disable_progbar=True)
-        mcmc.run(SCALE_DATA)
-    assert torch.equal(post.samples["scale"], mcmc.get_samples()["scale"])
-    rate = mcmc.diagnostics()["acceptance rate"]["chain 0"]
-    assert post.summary["acceptance_rate"] == pytest.approx(rate)
+def location_scale_model(y):
+    """Two latent sites, one constrained (``scale > 0``)."""
+    loc = pyro.sample("loc", dist.Normal(0.0, 3.0))
+    scale = pyro.sample("scale", dist.HalfNormal(2.0))
+    with pyro.plate("data", len(y), dim=-1):
+        pyro.sample("y", dist.Normal(loc, scale), obs=y)
+
+
+@pytest.mark.parametrize("init_strategy", [None, init_to_sample], ids=["pyro-default-init", "init-to-sample"])
+def test_random_walk_draws_what_pyro_mcmc_draws(init_strategy):
+    """Each chain equals ``pyro.infer.MCMC(RandomWalkKernel(model))`` run under that chain's seed, bit for bit."""
+    sampler = PyroRandomWalk(num_samples=40, warmup_steps=15, num_chains=2, init_step_size=0.3,
+                             init_strategy=init_strategy)
+    post = sampler.run(Potential(location_scale_model, (SCALE_DATA,)), seed=7, progress=False)
+    model = location_scale_model if init_strategy is None else InitMessenger(init_strategy)(location_scale_model)
+    generator = make_generator(7)  # the engine seeds its chains from it, in order
+    for chain in range(2):
+        with seeded(generator):
+            mcmc = MCMC(RandomWalkKernel(model, init_step_size=0.3), num_samples=40, warmup_steps=15,
+                        disable_progbar=True)
+            mcmc.run(SCALE_DATA)
+        for site, draws in mcmc.get_samples().items():
+            assert torch.equal(post.samples[site].reshape(2, 40)[chain], draws), (chain, site)
+        rate = mcmc.diagnostics()["acceptance rate"]["chain 0"]
+        assert post.summary["acceptance_per_chain"][chain] == pytest.approx(rate)
 
 
 def test_potential_energy_equals_pyros():
@@ -345,16 +361,22 @@ class Killed(Exception):
     """Stands in for a kill right after a checkpoint."""
 
 
-@pytest.mark.parametrize("cut", [0, 2, 9, 13, 14, 20], ids=lambda c: f"after-{c}-steps")
-@pytest.mark.parametrize("metered", [True, False], ids=["prompt-model-metered", "constrained-model-unmetered"])
-def test_random_walk_continues_from_a_checkpoint_exactly(cut, metered, tmp_path, monkeypatch):
-    """Killed after ``cut`` steps (warmup, sampling, at and after chain 1's set-up), a fresh engine on a
-    fresh potential continues from the checkpoint to the uninterrupted run's draws, calls and records."""
+RESUME_CASES = [  # (budget of a metered prompt model, or False: an unmetered constrained model; steps before the kill)
+    *[(200, cut) for cut in (0, 2, 9, 13, 14, 20, 27)],
+    *[(32, cut) for cut in (0, 20, 25)],  # budget 32 ends the run after step 25 (chain 1's fourth draw)
+    *[(False, cut) for cut in (0, 9, 14, 27)],
+]
+
+
+@pytest.mark.parametrize(("metered", "cut"), RESUME_CASES, ids=[f"budget-{m}-after-{c}-steps" for m, c in RESUME_CASES])
+def test_random_walk_continues_from_a_checkpoint_exactly(metered, cut, tmp_path, monkeypatch):
+    """Killed after ``cut`` steps (warmup, sampling, at and after chain 1's set-up, the last), a fresh engine
+    on a fresh potential continues from the checkpoint to the uninterrupted run's draws, calls and records."""
     sampler = dict(num_samples=6, warmup_steps=7, num_chains=2, init_step_size=0.5)  # chain 1's set-up: step 14
 
     def fit(run_dir=None, start=None):
         if metered:
-            box, potential = prompt_problem(Meter(budget=200))
+            box, potential = prompt_problem(Meter(budget=metered))
             meter = box.meter
         else:
             potential, meter = Potential(half_normal_scale_model, (SCALE_DATA,)), Meter()
@@ -377,9 +399,52 @@ def test_random_walk_continues_from_a_checkpoint_exactly(cut, metered, tmp_path,
     resumed = fit(start=start)
     assert_samples_equal(reference, resumed)
     assert resumed.diagnostics == reference.diagnostics and resumed.summary == reference.summary
-    assert resumed.api_calls == reference.api_calls
-    if metered:  # the continued run spent no call on a new set-up
+    assert resumed.api_calls == reference.api_calls and resumed.status == reference.status
+    if metered == 200:  # the continued run spent no call on a new set-up
         assert resumed.api_calls["calls"] == 2 * (RW_SETUP_CALLS + 7 + 6)
+    if metered == 32:  # chain 1 stops after 4 of its 6 draws, and chain 0 is cut to match
+        assert reference.status == "budget_exhausted" and reference.api_calls["calls"] == 32
+        assert (reference.summary["draws_per_chain"], reference.summary["dropped_draws"]) == (4, 2)
+
+
+def test_random_walk_refuses_to_continue_a_model_with_a_site_after_its_first_query(tmp_path):
+    meter = Meter()
+
+    def model():
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        meter.charge(1, 1, 1)  # the black-box query
+        scale = pyro.sample("scale", dist.HalfNormal(1.0))
+        pyro.sample("y", dist.Normal(loc, scale), obs=torch.tensor(0.5))
+
+    engine = PyroRandomWalk(num_samples=3, warmup_steps=2)
+    state = engine.init(Potential(model, meter=meter), seed=0)
+    with pytest.raises(RuntimeError, match=r"latent site\(s\) \['scale'\] only after its first black-box query"):
+        PyroRandomWalk(num_samples=3, warmup_steps=2).step(Potential(model, meter=meter), roundtrip(state))
+
+
+def test_random_walk_refuses_discrete_latent_sites():
+    def model():
+        pyro.sample("k", dist.Bernoulli(0.3))
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="latent site 'k' is discrete"):
+        run_random_walk(model, num_samples=2, warmup_steps=1, progress=False)
+
+
+def test_random_walk_engine_pickles_without_its_kernels():
+    problem = LinearGaussian.random(dim=2, num_obs=5, seed=0)
+    engine, potential = PyroRandomWalk(num_samples=3, warmup_steps=2), Potential(problem.model)
+    engine.run(potential, progress=False)
+    assert len(engine._kernels) == 1  # the cache holds the model and its black box ...
+    for copied in (pickle.loads(pickle.dumps(engine)), copy.deepcopy(engine)):
+        assert copied == engine and len(copied._kernels) == 0  # ... which copies leave behind
+        assert torch.equal(copied.run(Potential(problem.model), progress=False).samples["z"],
+                           engine.run(Potential(problem.model), progress=False).samples["z"])
+
+
+def roundtrip(state):
+    codec = StateCodec()
+    return codec.loads(codec.dumps(state))[0]
 
 
 def assert_samples_equal(a, b) -> None:
@@ -441,6 +506,13 @@ def test_random_walk_stops_at_budget_and_keeps_completed_draws(
     assert post.num_chains == kept_chains and post.samples["z"].shape == (kept_chains * kept_draws, 2)
     assert post.summary["dropped_draws"] == dropped
     assert sum(d["stage"] == "sample" for d in post.diagnostics) == samples + chain1_draws
+
+
+def test_random_walk_budget_below_set_up_raises_a_clear_error():
+    meter = Meter(budget=RW_SETUP_CALLS - 2)
+    problem = LinearGaussian.random(dim=2, num_obs=5, seed=0, meter=meter)
+    with pytest.raises(WarmupBudgetError, match=r"budget \(2 calls\) ran out before the first post-warmup draw"):
+        run_random_walk(problem.model, num_samples=5, warmup_steps=20, meter=meter, progress=False)
 
 
 def test_random_walk_budget_in_warmup_raises_a_clear_error():

@@ -87,10 +87,15 @@ class Engine(ABC, Generic[State]):
 
 
 def init_state(engine: Engine, potential: Potential, seed: int) -> Any:
-    """``engine.init``, with a budget too small for it reported as :class:`InitialBudgetError`."""
+    """``engine.init``, with a budget too small for it reported as :class:`InitialBudgetError`.
+
+    An engine may raise its own subclass of :class:`BudgetExhausted` instead, which passes through.
+    """
     try:
         return engine.init(potential, seed)
     except BudgetExhausted as err:
+        if type(err) is not BudgetExhausted:  # the engine's own, more specific account
+            raise
         raise InitialBudgetError(err, engine.name) from err
 
 

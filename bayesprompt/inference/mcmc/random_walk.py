@@ -19,7 +19,9 @@ an immutable :class:`RandomWalkState`. So a run checkpoints after every transiti
 and continues exactly where it stopped (:func:`bayesprompt.runs.run_with_checkpoints`,
 ``bayesprompt fit --resume``). A continued run rebuilds the kernel's potential
 function from a trace of the model cut at its first black-box query (free with a
-meter), so it spends no call on set-up and draws what an uninterrupted run draws.
+meter), so it spends no call on set-up and draws what an uninterrupted run draws. A
+model that draws a latent site only after its first query cannot be continued that
+way (the error says so); such a run starts afresh. Latent sites must be continuous.
 
 ``init`` sets up chain 0; a :meth:`step` at the end of a chain sets up the next one
 (its info record has ``stage == "setup"``). When the meter raises
@@ -288,17 +290,25 @@ class PyroRandomWalk(Engine[RandomWalkState]):
         """Set up chain 0 (Pyro's set-up: 4 calls for a model without invalid initial points).
 
         With a meter, the potential also learns its latent sites first (free), as prediction needs them.
+
+        Raises
+        ------
+        WarmupBudgetError
+            If the budget does not cover the set-up.
         """
         if potential.meter is not None:
             potential.discover_sites()
-        return self._start_chain(potential, make_generator(seed), ())
+        try:
+            return self._start_chain(potential, make_generator(seed), ())
+        except BudgetExhausted as err:
+            raise WarmupBudgetError(err.budget, err.used, self.name, self.warmup_steps) from err
 
     def step(self, potential: Potential, state: RandomWalkState) -> tuple[RandomWalkState, dict[str, Any]]:
         """One kernel transition (one call), or the next chain's set-up after a finished chain."""
         if self._finished(state.chains[-1]):
             new = self._start_chain(potential, generator_from(state.rng_state), state.chains)
             return new, {"chain": len(state.chains), "stage": "setup"}
-        kernel = self._kernel(potential)
+        kernel = self._kernel(potential, tuple(state.params))
         state.kernel.load_into(kernel, self.warmup_steps)
         with torch.random.fork_rng(devices=[]), _as_in_pyro_mcmc():
             torch.set_rng_state(state.pyro_rng)
@@ -331,7 +341,7 @@ class PyroRandomWalk(Engine[RandomWalkState]):
         Raises
         ------
         WarmupBudgetError
-            If no chain made a post-warmup draw (the budget ran out in set-up or warmup).
+            If no chain made a post-warmup draw (the budget ran out in warmup).
         """
         chains = state.chains
         if not any(c.num_draws for c in chains):
@@ -340,11 +350,11 @@ class PyroRandomWalk(Engine[RandomWalkState]):
                                     else 0, self.name, self.warmup_steps)
         num_chains, length = _common_length([c.num_draws for c in chains])
         kept = chains[:num_chains]
-        transforms = self._kernel(potential).transforms
+        transforms = self._kernel(potential, tuple(state.params)).transforms
         samples = {}
         for name in kept[0].draws:
             u = torch.stack([c.draws[name][:length] for c in kept])
-            x = transforms[name].inv(u) if name in transforms else u
+            x = transforms[name].inv(u)
             samples[name] = x.reshape(num_chains * length, *x.shape[2:]).detach()
         post = Posterior(
             samples,
@@ -378,6 +388,7 @@ class PyroRandomWalk(Engine[RandomWalkState]):
         with seeded(generator), _as_in_pyro_mcmc():  # Pyro draws from torch's global RNG; restored afterwards
             kernel.setup(self.warmup_steps, *potential.model_args, **potential.model_kwargs)
             pyro_rng = torch.get_rng_state()
+        _require_continuous(kernel._prototype_trace)
         # transitions use an equal potential function that needs no set-up query when a run continues
         kernel.potential_fn = PotentialEnergy(kernel.model, potential.model_args, potential.model_kwargs,
                                               kernel.transforms)
@@ -391,18 +402,39 @@ class PyroRandomWalk(Engine[RandomWalkState]):
             rng_state=generator.get_state(),
         )
 
-    def _kernel(self, potential: Potential) -> RandomWalkKernel:
-        """The kernel set up for ``potential``; rebuilt without a query for a continued run."""
+    def _kernel(self, potential: Potential, sites: tuple[str, ...]) -> RandomWalkKernel:
+        """The kernel set up for ``potential``; rebuilt without a query for a continued run.
+
+        Raises
+        ------
+        RuntimeError
+            If the rebuilt kernel does not know the latent ``sites`` of the state (the
+            model draws some only after its first black-box query).
+        """
         kernel = self._kernels.get(potential)
         if kernel is None:
             kernel = RandomWalkKernel(self._model(potential), init_step_size=float(self.init_step_size),
                                       target_accept_prob=float(self.target_accept_prob))
             kernel.transforms = latent_transforms(kernel.model, potential.model_args, potential.model_kwargs,
                                                   potential.meter)
+            missing = sorted(set(sites) - set(kernel.transforms))
+            if missing:
+                raise RuntimeError(
+                    f"{self.name}: cannot continue this run without a query: the model draws the latent site(s) "
+                    f"{missing} only after its first black-box query; start the run afresh"
+                )
             kernel.potential_fn = PotentialEnergy(kernel.model, potential.model_args, potential.model_kwargs,
                                                   kernel.transforms)
             self._kernels[potential] = kernel
         return kernel
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle and deep-copy the settings only (the kernel cache holds the model and black box)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "_kernels"}
+
+    def __setstate__(self, settings: dict[str, Any]) -> None:
+        for name, value in {**settings, "_kernels": weakref.WeakKeyDictionary()}.items():
+            object.__setattr__(self, name, value)
 
     def _summary(self, kept: tuple[RandomWalkChain, ...], length: int, total_draws: int) -> dict[str, Any]:
         acceptance = [int(c.accepted[:length].sum()) / length for c in kept]
@@ -469,15 +501,26 @@ def latent_transforms(model: Callable, model_args: tuple, model_kwargs: dict, me
         probe = meter.probe() if meter is not None else contextlib.nullcontext()
         with probe, contextlib.suppress(ProbeInterrupt):
             tracer(*model_args, **model_kwargs)
-    transforms = {}
-    for name, site in tracer.trace.iter_stochastic_nodes():
+    return {name: biject_to(fn.support).inv for name, fn in _require_continuous(tracer.trace).items()}
+
+
+def _require_continuous(trace: poutine.Trace) -> dict[str, Any]:
+    """The distributions of the latent sites of ``trace``, which must all be continuous.
+
+    Raises
+    ------
+    ValueError
+        If a latent site is discrete: Pyro would enumerate it out; this engine does not.
+    """
+    latent = {}
+    for name, site in trace.iter_stochastic_nodes():
         fn = site["fn"]
         if type(fn).__name__ == "_Subsample":
             continue
         if isinstance(fn, TorchDistributionMixin) and fn.has_enumerate_support:
             raise ValueError(f"rw-mcmc: latent site {name!r} is discrete; the random walk needs continuous sites")
-        transforms[name] = biject_to(fn.support).inv
-    return transforms
+        latent[name] = fn
+    return latent
 
 
 @contextlib.contextmanager
