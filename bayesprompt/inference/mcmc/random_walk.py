@@ -380,19 +380,12 @@ class PyroRandomWalk(Engine[RandomWalkState]):
         self, potential: Potential, generator: torch.Generator, chains: tuple[RandomWalkChain, ...]
     ) -> RandomWalkState:
         """Pyro's set-up of a fresh chain under a seed drawn from ``generator``."""
-        kernel = RandomWalkKernel(
-            self._model(potential),
-            init_step_size=float(self.init_step_size),
-            target_accept_prob=float(self.target_accept_prob),
-        )
+        kernel = self._new_kernel(potential)
         with seeded(generator), _as_in_pyro_mcmc():  # Pyro draws from torch's global RNG; restored afterwards
             kernel.setup(self.warmup_steps, *potential.model_args, **potential.model_kwargs)
             pyro_rng = torch.get_rng_state()
         _require_continuous(kernel._prototype_trace)
-        # transitions use an equal potential function that needs no set-up query when a run continues
-        kernel.potential_fn = PotentialEnergy(kernel.model, potential.model_args, potential.model_kwargs,
-                                              kernel.transforms)
-        self._kernels[potential] = kernel
+        self._keep(potential, kernel)
         params = {k: v.detach() for k, v in kernel.initial_params.items()}
         return RandomWalkState(
             chains=(*chains, RandomWalkChain.empty(params)),
@@ -413,8 +406,7 @@ class PyroRandomWalk(Engine[RandomWalkState]):
         """
         kernel = self._kernels.get(potential)
         if kernel is None:
-            kernel = RandomWalkKernel(self._model(potential), init_step_size=float(self.init_step_size),
-                                      target_accept_prob=float(self.target_accept_prob))
+            kernel = self._new_kernel(potential)
             kernel.transforms = latent_transforms(kernel.model, potential.model_args, potential.model_kwargs,
                                                   potential.meter)
             missing = sorted(set(sites) - set(kernel.transforms))
@@ -423,10 +415,21 @@ class PyroRandomWalk(Engine[RandomWalkState]):
                     f"{self.name}: cannot continue this run without a query: the model draws the latent site(s) "
                     f"{missing} only after its first black-box query; start the run afresh"
                 )
-            kernel.potential_fn = PotentialEnergy(kernel.model, potential.model_args, potential.model_kwargs,
-                                                  kernel.transforms)
-            self._kernels[potential] = kernel
+            self._keep(potential, kernel)
         return kernel
+
+    def _new_kernel(self, potential: Potential) -> RandomWalkKernel:
+        return RandomWalkKernel(self._model(potential), init_step_size=float(self.init_step_size),
+                                target_accept_prob=float(self.target_accept_prob))
+
+    def _keep(self, potential: Potential, kernel: RandomWalkKernel) -> None:
+        """Cache ``kernel`` for ``potential``, its transitions using :class:`PotentialEnergy`.
+
+        That equals Pyro's potential function and needs no set-up query when a run continues.
+        """
+        kernel.potential_fn = PotentialEnergy(kernel.model, potential.model_args, potential.model_kwargs,
+                                              kernel.transforms)
+        self._kernels[potential] = kernel
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle and deep-copy the settings only (the kernel cache holds the model and black box)."""
