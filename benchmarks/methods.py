@@ -115,7 +115,8 @@ class MethodContext:
     run_directory : Path or None
         Where a single-engine method (:func:`fit_engine`) checkpoints its engine state after
         every step, and continues from when a checkpoint is already there
-        (:func:`run_engine`); ``None``: no step checkpoints.
+        (:func:`run_engine`); white-box tuning keeps its training state there too
+        (:func:`fit_whitebox`); ``None``: no step checkpoints.
     provenance : dict
         What the fit runs under beside its options (``bf16_arithmetic``, ``code_revision``),
         written with the step checkpoints at every start and resume, so that a fit
@@ -413,11 +414,7 @@ def run_engine(ctx: MethodContext, engine: Engine, potential: Potential) -> tupl
         return run(engine, potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress), None
     run_dir, codec = RunDirectory(ctx.run_directory), StateCodec()
     start = run_dir.read_checkpoint(codec) if run_dir.has_checkpoint() else None
-    settings = Path(ctx.run_directory) / FIT_SETTINGS
-    earlier = [] if start is None else fit_parts(settings)
-    settings.parent.mkdir(parents=True, exist_ok=True)
-    here = {"fit_length_bucket": fit_bucket_in_effect(ctx.backend.length_bucket, ctx), **ctx.provenance}
-    atomic_write_text(settings, json.dumps({"parts": [*earlier, here]}))  # before running: a kill keeps it
+    earlier = record_fit_part(ctx, resuming=start is not None)
     identity = config_digest({"engine": engine.name, "seed": ctx.seed, "budget": ctx.meter.budget})
     posterior, _ = run_with_checkpoints(engine, potential, run_dir, seed=ctx.seed, meter=ctx.meter,
                                         config_sha256=identity, start=start, codec=codec, progress=ctx.progress)
@@ -427,6 +424,17 @@ def run_engine(ctx: MethodContext, engine: Engine, potential: Potential) -> tupl
     if earlier:  # unknown for step checkpoints older than FIT_SETTINGS
         resumed_from["fit_parts"] = earlier
     return posterior, resumed_from
+
+
+def record_fit_part(ctx: MethodContext, resuming: bool) -> list[dict[str, Any]]:
+    """Add this part of the fit to :data:`FIT_SETTINGS` in ``ctx.run_directory``, before it runs
+    (so a kill keeps it); returns the earlier parts (``[]`` for a fit that starts afresh)."""
+    settings = Path(ctx.run_directory) / FIT_SETTINGS
+    earlier = fit_parts(settings) if resuming else []
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    here = {"fit_length_bucket": fit_bucket_in_effect(ctx.backend.length_bucket, ctx), **ctx.provenance}
+    atomic_write_text(settings, json.dumps({"parts": [*earlier, here]}))
+    return earlier
 
 
 def fit_parts(settings: Path) -> list[dict[str, Any]]:
@@ -480,10 +488,12 @@ def fit_zero_shot(ctx: MethodContext) -> MethodOutcome:
 
 def fit_whitebox(ctx: MethodContext) -> MethodOutcome:
     """Adam on the prompt through the model (full access), early-stopped on dev."""
-    from benchmarks.whitebox import WhiteBoxConfig, train_prompt
+    from benchmarks.whitebox import CHECKPOINT_FILE, WhiteBoxConfig, train_prompt
 
     config = WhiteBoxConfig(**{"seed": ctx.seed, "n_tokens": ctx.projection.n_tokens, **ctx.options})
-    result = train_prompt(ctx.backend, ctx.train, ctx.dev, config, projection=ctx.projection)
+    checkpoint = None if ctx.run_directory is None else Path(ctx.run_directory) / CHECKPOINT_FILE
+    earlier = [] if checkpoint is None else record_fit_part(ctx, resuming=checkpoint.is_file())
+    result = train_prompt(ctx.backend, ctx.train, ctx.dev, config, projection=ctx.projection, checkpoint=checkpoint)
     summary = {
         "steps": result.steps,
         "best_step": result.best_step,
@@ -494,7 +504,11 @@ def fit_whitebox(ctx: MethodContext) -> MethodOutcome:
         "backward_passes": result.backward_passes,
     }
     prompts = result.prompt.detach().unsqueeze(0)
-    return MethodOutcome(prompt_predictor(ctx.backend, prompts), result.status, 1, 1, 1.0, summary=summary, fitted=prompts)
+    outcome = MethodOutcome(prompt_predictor(ctx.backend, prompts), result.status, 1, 1, 1.0, summary=summary, fitted=prompts)
+    if result.resumed_from is not None:  # training is not metered: it continued at call 0
+        outcome.resumed_from = {"calls": 0, "iteration": result.resumed_from["step"],
+                                "fit_seconds": result.resumed_from["fit_seconds"], **({"fit_parts": earlier} if earlier else {})}
+    return outcome
 
 
 def _bbt_engine(ctx: MethodContext, potential: Potential) -> Engine:

@@ -650,12 +650,17 @@ class CellCache:
     def saved_work(self, cell: Cell, digest: str) -> str | None:
         """What a killed run of ``cell`` left behind, in words (``None``: nothing).
 
-        ``"fitted, not yet evaluated"`` (a fit checkpoint) or ``"fit at call N"`` (the
+        ``"fitted, not yet evaluated"`` (a fit checkpoint), ``"white-box fit at step N"`` or ``"fit at call N"`` (the
         engine's last step checkpoint; N = 0 after the initial population only).
         """
         folder = self.checkpoint(cell, digest)
         if (folder / "outcome.json").is_file():
             return "fitted, not yet evaluated"
+        from benchmarks.whitebox import CHECKPOINT_FILE, checkpoint_step
+
+        whitebox = folder / STEP_CHECKPOINTS / CHECKPOINT_FILE
+        if whitebox.is_file():
+            return f"white-box fit at step {checkpoint_step(whitebox)}"
         steps = RunDirectory(folder / STEP_CHECKPOINTS)
         if not steps.has_checkpoint():
             return None

@@ -19,6 +19,11 @@ loss is summed over the chunks the backend itself would score
 (:meth:`~PromptBlackBox.example_chunks`: length-sorted buckets for a batch longer than
 ``length_bucket``), so white-box forwards are padded like the black box's.
 
+With a ``checkpoint`` file, :func:`train_prompt` saves its state (parameter, Adam's
+moments, the best prompt so far and the history) at every dev evaluation, and a run killed
+mid-way continues from that file with the result an uninterrupted run gives: a DBPedia
+run is hours on a CPU.
+
 This is *not* an API method: training forwards are not charged to the meter (they are
 counted in ``forward_passes`` / ``backward_passes``); test predictions go through the
 ordinary metered :meth:`~PromptBlackBox.score`.
@@ -37,16 +42,25 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.models.projection import RandomProjection
+from bayesprompt.runs import atomic_write_bytes
 
-__all__ = ["WhiteBoxConfig", "WhiteBoxResult", "differentiable_scores", "train_prompt"]
+__all__ = ["CHECKPOINT_FILE", "WhiteBoxConfig", "WhiteBoxResult", "checkpoint_step", "differentiable_scores", "train_prompt"]
+
+#: File name of a :func:`train_prompt` checkpoint in the benchmark's step-checkpoint folder.
+CHECKPOINT_FILE = "whitebox.pt"
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,9 @@ class WhiteBoxResult:
     forward_passes, backward_passes : int
         Prompt-on-batch forwards (training and dev; the unit of an API call) and
         backward passes.
+    resumed_from : dict or None
+        ``{"step", "fit_seconds"}`` of the checkpoint a killed run continued from
+        (``None``: trained in one go).
     """
 
     prompt: torch.Tensor
@@ -130,6 +147,7 @@ class WhiteBoxResult:
     status: str = "finished"
     forward_passes: int = 0
     backward_passes: int = 0
+    resumed_from: dict[str, Any] | None = None
 
 
 def differentiable_scores(backend: PromptBlackBox, prompts: torch.Tensor, batch: EncodedBatch) -> torch.Tensor:
@@ -151,6 +169,7 @@ def train_prompt(
     dev: EncodedBatch,
     config: WhiteBoxConfig = WhiteBoxConfig(),
     projection: RandomProjection | None = None,
+    checkpoint: str | Path | None = None,
 ) -> WhiteBoxResult:
     """Tune a soft prompt by Adam on the training cross-entropy, selected on dev.
 
@@ -164,6 +183,10 @@ def train_prompt(
         Optimiser settings.
     projection : RandomProjection or None
         Needed for ``parametrisation="z"``.
+    checkpoint : path or None
+        File for the training state, written before each dev evaluation after the first;
+        if it exists, training continues from it (see the module docstring). It must have
+        been written under the same ``config``. It is left in place at the end.
 
     Returns
     -------
@@ -174,9 +197,15 @@ def train_prompt(
     param, to_prompt = _parameter(backend, config, projection)
     optimiser = torch.optim.Adam([param], lr=config.lr)
     result = WhiteBoxResult(prompt=to_prompt(param).detach().clone(), train_losses=[])
-    stale = 0
-    for step in range(config.max_steps + 1):
+    first, stale, earlier_seconds = 0, 0, 0.0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        first, stale, earlier_seconds, result = _restore(checkpoint, config, param, optimiser)
+    started = time.perf_counter()
+    for step in range(first, config.max_steps + 1):
         if step % config.eval_every == 0 or step == config.max_steps:
+            if checkpoint is not None and step > first:
+                fit_seconds = earlier_seconds + time.perf_counter() - started
+                _save(checkpoint, config, step, stale, fit_seconds, param, optimiser, result)
             with torch.no_grad():
                 score, accuracy = _dev_score(backend, to_prompt(param), dev)
             result.forward_passes += 1
@@ -199,6 +228,48 @@ def train_prompt(
         optimiser.step()
         result.steps = step + 1
     return result
+
+
+#: Bumped when the layout of a :func:`train_prompt` checkpoint changes.
+_CHECKPOINT_VERSION = 1
+
+
+def _save(path: str | Path, config: WhiteBoxConfig, step: int, stale: int, fit_seconds: float,
+          param: torch.Tensor, optimiser: torch.optim.Optimizer, result: WhiteBoxResult) -> None:
+    """Write the state before ``step``'s dev evaluation to ``path`` (atomically)."""
+    state = {
+        "version": _CHECKPOINT_VERSION,
+        "config": dataclasses.asdict(config),
+        "step": step,
+        "stale": stale,
+        "fit_seconds": fit_seconds,
+        "param": param.detach().clone(),
+        "optimiser": optimiser.state_dict(),
+        "result": {f.name: getattr(result, f.name) for f in dataclasses.fields(result) if f.name != "resumed_from"},
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a :func:`train_prompt` checkpoint continues from."""
+    return int(torch.load(path, weights_only=True)["step"])
+
+
+def _restore(path: str | Path, config: WhiteBoxConfig, param: torch.Tensor,
+             optimiser: torch.optim.Optimizer) -> tuple[int, int, float, WhiteBoxResult]:
+    """Load a :func:`_save` file into ``param`` and ``optimiser``: ``(step, stale, fit_seconds, result)``."""
+    state = torch.load(path, weights_only=True)
+    if state.get("version") != _CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: white-box checkpoint version {state.get('version')!r}, expected {_CHECKPOINT_VERSION}")
+    if state["config"] != dataclasses.asdict(config):
+        raise ValueError(f"{path}: written under WhiteBoxConfig {state['config']}, not the run's {dataclasses.asdict(config)}")
+    with torch.no_grad():
+        param.copy_(state["param"])
+    optimiser.load_state_dict(state["optimiser"])
+    resumed_from = {"step": state["step"], "fit_seconds": state["fit_seconds"]}
+    return state["step"], state["stale"], state["fit_seconds"], WhiteBoxResult(**state["result"], resumed_from=resumed_from)
 
 
 def _parameter(backend: PromptBlackBox, config: WhiteBoxConfig, projection: RandomProjection | None):

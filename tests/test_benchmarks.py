@@ -722,6 +722,75 @@ def test_whitebox_takes_the_backends_length_buckets_with_the_same_gradients(chun
 
 
 
+def _killed_after_saves(monkeypatch, saves: int) -> None:
+    """Make white-box training die right after its ``saves``-th checkpoint is written."""
+    import benchmarks.whitebox as whitebox
+
+    real_save, written = whitebox._save, []
+
+    def save(*args, **kwargs):
+        real_save(*args, **kwargs)
+        written.append(args[2])
+        if len(written) == saves:
+            raise RuntimeError("killed during the fit")
+
+    monkeypatch.setattr(whitebox, "_save", save)
+
+
+@pytest.mark.parametrize(("saves", "patience"), [(1, 100), (3, 100), (11, 100), (1, 4), (5, 4), (6, 4)])
+def test_whitebox_killed_mid_training_continues_to_the_uninterrupted_result(tmp_path, monkeypatch, saves, patience):
+    box = FakeBlackBox(TOY, embed_dim=6, seed=1)
+    batch = box.encode([Example(f"text {i}", int(i % 8 != 0)) for i in range(16)])
+    dev = box.encode([Example(f"dev {i}", int(i % 3 != 0)) for i in range(12)])
+    config = WhiteBoxConfig(n_tokens=3, max_steps=60, lr=0.05, eval_every=5, patience=patience)
+    whole = train_prompt(box, batch, dev, config)
+    assert whole.status == ("finished" if patience == 100 else "early_stopped") and whole.resumed_from is None
+    # with patience 4 the run stops at step 35 (best at 15): saves 5 and 6 (steps 25, 30) hold a stale count > 0
+
+    path = tmp_path / "whitebox.pt"
+    with monkeypatch.context() as patch:
+        _killed_after_saves(patch, saves)
+        with pytest.raises(RuntimeError, match="killed"):
+            train_prompt(box, batch, dev, config, checkpoint=path)
+    resumed = train_prompt(box, batch, dev, config, checkpoint=path)
+    assert resumed.resumed_from["step"] == 5 * saves and resumed.resumed_from["fit_seconds"] >= 0
+    assert torch.equal(resumed.prompt, whole.prompt)
+    for name in ("train_losses", "dev_history", "best_step", "best_dev_score", "steps", "status", "forward_passes",
+                 "backward_passes"):
+        assert getattr(resumed, name) == getattr(whole, name), name
+
+
+def test_whitebox_refuses_a_checkpoint_of_other_settings(tmp_path, monkeypatch):
+    box = FakeBlackBox(TOY, embed_dim=4)
+    batch = box.encode([Example(f"x{i}", i % 2) for i in range(4)])
+    path = tmp_path / "whitebox.pt"
+    config = WhiteBoxConfig(n_tokens=2, max_steps=10, eval_every=2, patience=100)
+    with monkeypatch.context() as patch:
+        _killed_after_saves(patch, 1)
+        with pytest.raises(RuntimeError, match="killed"):
+            train_prompt(box, batch, batch, config, checkpoint=path)
+    with pytest.raises(ValueError, match=r"whitebox\.pt: written under WhiteBoxConfig .*'lr': 0\.003"):
+        train_prompt(box, batch, batch, dataclasses.replace(config, lr=0.1), checkpoint=path)
+
+
+def test_a_whitebox_cell_killed_during_its_fit_continues_from_its_checkpoint(tmp_path, data_dir, monkeypatch):
+    config = fake_config(data_dir, methods=("whitebox",), budgets=(400,),
+                         method_options=(("whitebox", {"max_steps": 12, "eval_every": 3, "patience": 100}),))
+    with monkeypatch.context() as patch:
+        _killed_after_saves(patch, 2)
+        killed = run_suite(config, tmp_path / "suite", log=None)
+    assert killed.errors == 1 and "killed during the fit" in killed.records[0]["error"]
+    listed: list[str] = []
+    run_suite(config, tmp_path / "suite", log=listed.append, cached_only=True)
+    assert sum("not run (--cached-only); white-box fit at step 6" in line for line in listed) == 1
+    resumed = run_suite(config, tmp_path / "suite", log=None)
+    assert resumed.ran == 1 and not list((tmp_path / "suite" / "cells").glob("*.fit"))
+    fresh = run_suite(config, tmp_path / "fresh", log=None)
+    (before,), (after,) = fresh.records, resumed.records
+    assert "resumed_fit_at_calls" not in before and after["resumed_fit_at_calls"] == 0
+    assert _comparable(after) == {**_comparable(before), "resumed_fit_at_calls": 0}
+
+
 def test_whitebox_rejects_bad_settings():
     with pytest.raises(ValueError, match="parametrisation"):
         WhiteBoxConfig(parametrisation="weights")
