@@ -197,9 +197,11 @@ def train_prompt(
     param, to_prompt = _parameter(backend, config, projection)
     optimiser = torch.optim.Adam([param], lr=config.lr)
     result = WhiteBoxResult(prompt=to_prompt(param).detach().clone(), train_losses=[])
-    first, stale, earlier_seconds = 0, 0, 0.0
+    stale = 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        first, stale, earlier_seconds, result = _restore(checkpoint, config, param, optimiser)
+        stale, result = _restore(checkpoint, config, param, optimiser)
+    resumed = result.resumed_from or {"step": 0, "fit_seconds": 0.0}
+    first, earlier_seconds = resumed["step"], resumed["fit_seconds"]
     started = time.perf_counter()
     for step in range(first, config.max_steps + 1):
         if step % config.eval_every == 0 or step == config.max_steps:
@@ -258,8 +260,9 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def _restore(path: str | Path, config: WhiteBoxConfig, param: torch.Tensor,
-             optimiser: torch.optim.Optimizer) -> tuple[int, int, float, WhiteBoxResult]:
-    """Load a :func:`_save` file into ``param`` and ``optimiser``: ``(step, stale, fit_seconds, result)``."""
+             optimiser: torch.optim.Optimizer) -> tuple[int, WhiteBoxResult]:
+    """Load a :func:`_save` file into ``param`` and ``optimiser``: ``(stale, result)``, where
+    ``result.resumed_from`` holds the step to continue from and the fit seconds so far."""
     state = torch.load(path, weights_only=True)
     if state.get("version") != _CHECKPOINT_VERSION:
         raise ValueError(f"{path}: white-box checkpoint version {state.get('version')!r}, expected {_CHECKPOINT_VERSION}")
@@ -269,7 +272,7 @@ def _restore(path: str | Path, config: WhiteBoxConfig, param: torch.Tensor,
         param.copy_(state["param"])
     optimiser.load_state_dict(state["optimiser"])
     resumed_from = {"step": state["step"], "fit_seconds": state["fit_seconds"]}
-    return state["step"], state["stale"], state["fit_seconds"], WhiteBoxResult(**state["result"], resumed_from=resumed_from)
+    return state["stale"], WhiteBoxResult(**state["result"], resumed_from=resumed_from)
 
 
 def _parameter(backend: PromptBlackBox, config: WhiteBoxConfig, projection: RandomProjection | None):
