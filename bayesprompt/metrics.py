@@ -94,6 +94,10 @@ def _check(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
         raise ValueError(f"labels must be [N={probs.shape[0]}], got shape {tuple(labels.shape)}")
     if probs.shape[0] == 0:
         raise ValueError("metrics need at least one example")
+    if not torch.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError("probs must be finite and non-negative")
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise ValueError("labels must be class indices (whole numbers)")
     labels = labels.long()
     if labels.min() < 0 or labels.max() >= probs.shape[1]:
         raise ValueError(f"labels must lie in [0, {probs.shape[1] - 1}]")
@@ -133,6 +137,8 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
 def binary_f1(probs: torch.Tensor, labels: torch.Tensor, positive: int = 1) -> float:
     """F1 score of class ``positive`` (MRPC's metric); 0 when there are no true positives."""
     probs, labels = _check(probs, labels)
+    if not 0 <= positive < probs.shape[1]:
+        raise ValueError(f"positive must be a class index in [0, {probs.shape[1] - 1}], got {positive!r}")
     pred = probs.argmax(-1) == positive
     gold = labels == positive
     tp = float((pred & gold).sum())

@@ -669,11 +669,16 @@ def plot_run(directory: str | Path) -> list[Path]:
     * ``reliability.png`` -- top-label reliability diagram;
     * ``risk_coverage.png`` -- risk against coverage for every uncertainty score;
     * ``uncertainty_<ood task>_<score>.png`` -- ID vs OOD histograms, per OOD task and score.
+
+    The scores and probabilities are those of ``metrics.json``: for a label-only run, of
+    the vote distribution smoothed by the run's ``vote_smoothing``. The PAV diagram alone
+    draws labels from the per-sample predictions, i.e. from the unsmoothed votes.
     """
     from bayesprompt import plotting
 
     run_dir = RunDirectory.open(directory)
     saved = run_dir.read_predictions()
+    smoothing = _smoothing(_finished_config(run_dir))  # the vote smoothing the saved metrics used
     plots = run_dir.plots_dir
     plots.mkdir(exist_ok=True)
     for old in plots.glob("*.png"):
@@ -683,11 +688,11 @@ def plot_run(directory: str | Path) -> list[Path]:
     if probs.shape[-1] == 2:
         paths.append(plotting.plot_pav_reliability(test, plots / "reliability_pav.png"))
     paths.append(plotting.plot_reliability_diagram(probs, test.labels, plots / "reliability.png"))
-    scores = test.uncertainty()
+    scores = test.uncertainty(smoothing)
     correct = (probs.argmax(-1) == test.labels).numpy()
     paths.append(plotting.plot_risk_coverage(scores, correct, plots / "risk_coverage.png"))
     for name, ood in saved.ood.items():
-        ood_scores = ood.uncertainty()
+        ood_scores = ood.uncertainty(smoothing)
         for score in scores:
             target = plots / f"uncertainty_{name}_{score}.png"
             paths.append(plotting.plot_uncertainty_histogram(scores[score], ood_scores[score], target, name=score))

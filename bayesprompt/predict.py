@@ -25,7 +25,7 @@ import torch
 from bayesprompt.inference.posterior import Posterior
 from bayesprompt.lm.base import EncodedBatch
 from bayesprompt.models.potential import Potential
-from bayesprompt.uncertainty import uncertainty_scores
+from bayesprompt.uncertainty import normalised_weights, uncertainty_scores
 
 __all__ = ["EnsemblePredictions", "fit_vote_smoothing", "predict", "predict_votes"]
 
@@ -39,7 +39,8 @@ class EnsemblePredictions:
     probs : Tensor ``[S, N, C]``
         Class probabilities of each posterior sample on each example.
     weights : Tensor ``[S]``
-        Normalised posterior weights.
+        Posterior weights, non-negative; divided by their sum on construction, so that
+        :meth:`mean` is a probability average whatever scale they came in.
     labels : Tensor ``[N]``
         Gold labels of the evaluated examples.
 
@@ -65,10 +66,11 @@ class EnsemblePredictions:
         if self.probs.ndim != 3:
             raise ValueError(f"probs must be [S, N, C], got shape {tuple(self.probs.shape)}")
         samples, examples = self.probs.shape[:2]
-        if tuple(self.weights.shape) != (samples,):
-            raise ValueError(f"weights must be [S={samples}], got shape {tuple(self.weights.shape)}")
         if tuple(self.labels.shape) != (examples,):
             raise ValueError(f"labels must be [N={examples}], got shape {tuple(self.labels.shape)}")
+        weights = normalised_weights(self.weights, samples)
+        dtype = self.weights.dtype if self.weights.is_floating_point() else torch.float64
+        object.__setattr__(self, "weights", weights.to(dtype))  # frozen: set once, here
 
     def mean(self, dirichlet_alpha: float = 0.0) -> torch.Tensor:
         """Bayesian model average ``[N, C]``: the weighted mean of the per-sample probabilities.

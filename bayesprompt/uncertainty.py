@@ -32,6 +32,7 @@ __all__ = [
     "UNCERTAINTY_SCORES",
     "expected_entropy",
     "mutual_information",
+    "normalised_weights",
     "one_minus_max_prob",
     "predictive_entropy",
     "uncertainty_scores",
@@ -62,13 +63,29 @@ def _check(probs: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Ten
     if torch.isnan(probs).any() or (probs < 0).any():
         raise ValueError("probs must be non-negative and contain no NaN")
     if weights is None:
-        weights = torch.full((samples,), 1.0 / samples, dtype=torch.float64)
+        return probs, torch.full((samples, 1), 1.0 / samples, dtype=torch.float64)
+    return probs, normalised_weights(weights, samples).unsqueeze(1)
+
+
+def normalised_weights(weights: torch.Tensor, samples: int) -> torch.Tensor:
+    """Posterior weights ``[S]`` checked and divided by their sum (float64).
+
+    Raises
+    ------
+    ValueError
+        If ``weights`` is not ``[samples]``, holds a negative or non-finite entry, or sums to 0.
+
+    Examples
+    --------
+    >>> normalised_weights(torch.tensor([1.0, 3.0]), 2)
+    tensor([0.2500, 0.7500], dtype=torch.float64)
+    """
     weights = torch.as_tensor(weights).double()
     if weights.shape != (samples,):
         raise ValueError(f"weights must be [S={samples}], got shape {tuple(weights.shape)}")
-    if torch.isnan(weights).any() or (weights < 0).any() or not weights.sum() > 0:
-        raise ValueError("weights must be non-negative, without NaN, with a positive sum")
-    return probs, (weights / weights.sum()).unsqueeze(1)
+    if not torch.isfinite(weights).all() or (weights < 0).any() or not weights.sum() > 0:
+        raise ValueError("weights must be finite and non-negative, with a positive sum")
+    return weights / weights.sum()
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:

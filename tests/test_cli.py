@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from bayesprompt import cli, pipeline
+from bayesprompt import cli, pipeline, plotting
 from bayesprompt.data import get_task
 from bayesprompt.runs import RunDirectory, RunDirectoryError, StateCodec
 from bayesprompt.testing import FakeBlackBox
@@ -135,6 +135,27 @@ def test_likelihood_free_runs_predict_with_votes(tmp_path, fake_backend):
     alpha = metrics["vote_smoothing"]  # the default: fitted on the dev split, 8 calls kept back for it
     assert isinstance(alpha, float) and torch.allclose(saved.test_probs, saved.test.mean(alpha))
     assert meter["inference"]["calls"] <= 300
+
+
+def test_plots_of_a_label_only_run_use_its_vote_smoothing(tmp_path, fake_backend, monkeypatch):
+    out = tmp_path / "abc"
+    args = ["fit", *FAKE, "--engine", "abc-smc", "--option", "max_stages=1", "--vote-smoothing", "2.5"]
+    assert cli.main([*args, "--out", str(out)]) == 0
+    assert cli.main(["evaluate", str(out), "--ood", "imdb", "--ood-size", "4"]) == 0
+    drawn = {}
+    monkeypatch.setattr(plotting, "plot_risk_coverage", lambda scores, correct, path: drawn.setdefault("test", scores))
+    monkeypatch.setattr(
+        plotting, "plot_uncertainty_histogram",
+        lambda in_scores, ood_scores, path, name: drawn.setdefault(name, (in_scores, ood_scores)),
+    )
+    pipeline.plot_run(out)
+    saved = RunDirectory(out).read_predictions()
+    expected, unsmoothed = saved.test.uncertainty(2.5), saved.test.uncertainty()
+    assert not torch.allclose(expected["predictive_entropy"], unsmoothed["predictive_entropy"])
+    for name, scores in expected.items():
+        torch.testing.assert_close(drawn["test"][name], scores)
+        torch.testing.assert_close(drawn[name][0], scores)
+        torch.testing.assert_close(drawn[name][1], saved.ood["imdb"].uncertainty(2.5)[name])
 
 
 def test_vote_smoothing_fixed_value_and_bad_input(tmp_path, fake_backend, capsys):

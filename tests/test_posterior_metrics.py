@@ -94,3 +94,13 @@ def test_metric_input_errors():
         metrics.accuracy(torch.tensor([[0.5, 0.5]]), torch.tensor([2]))
     with pytest.raises(ValueError, match=r"\[N, C\]"):
         metrics.nll(torch.ones(3), torch.zeros(3))
+    probs = torch.tensor([[0.3, 0.7], [0.6, 0.4]])
+    for bad in (float("nan"), float("inf"), -0.1):  # argmax would take NaN as the largest entry
+        with pytest.raises(ValueError, match="finite and non-negative"):
+            metrics.accuracy(torch.tensor([[bad, 0.2], [0.3, 0.7]]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="whole numbers"):
+        metrics.accuracy(probs, torch.tensor([0.7, 0.0]))  # not truncated to class 0
+    assert metrics.accuracy(probs, torch.tensor([1.0, 0.0])) == 1.0
+    for positive in (2, -1):
+        with pytest.raises(ValueError, match=r"positive must be a class index in \[0, 1\]"):
+            metrics.binary_f1(probs, torch.tensor([1, 0]), positive=positive)

@@ -13,7 +13,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from bayesprompt import metrics, uncertainty
-from bayesprompt.predict import EnsemblePredictions
+from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing
 
 LOG2 = math.log(2.0)
 
@@ -123,6 +123,23 @@ def test_ensemble_predictions_uncertainty_and_validation():
         EnsemblePredictions(probs, torch.ones(3), torch.zeros(4))
     with pytest.raises(ValueError, match=r"weights must be \[S=3\]"):
         EnsemblePredictions(probs, torch.ones(2), torch.zeros(5))
+    for bad in ([1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [1.0, float("inf"), 1.0], [1.0, float("nan"), 1.0]):
+        with pytest.raises(ValueError, match="finite and non-negative, with a positive sum"):
+            EnsemblePredictions(probs, torch.tensor(bad), torch.zeros(5))
+
+
+def test_ensemble_predictions_normalise_their_weights():
+    """Weights on any scale give the same ensemble: mean, metrics and vote smoothing all see w / sum(w)."""
+    probs = torch.tensor([[[0.9, 0.1]], [[0.6, 0.4]]])
+    raw = EnsemblePredictions(probs, torch.tensor([1.0, 3.0]), torch.tensor([0]))
+    assert raw.weights.dtype == torch.float32 and raw.weights.tolist() == [0.25, 0.75]
+    torch.testing.assert_close(raw.mean(), torch.tensor([[0.675, 0.325]]))
+    assert metrics.nll(raw.mean(), raw.labels) == pytest.approx(-math.log(0.675))
+    whole = EnsemblePredictions(probs, torch.tensor([1, 3]), torch.tensor([0]))  # integer counts
+    assert whole.weights.dtype == torch.float64 and whole.weights.tolist() == [0.25, 0.75]
+    onehot = torch.tensor([1.0, 0.0]).expand(32, 4, 2)
+    votes = [EnsemblePredictions(onehot, w, torch.tensor([0, 0, 0, 1])) for w in (torch.ones(32), torch.full((32,), 1 / 32))]
+    assert fit_vote_smoothing(votes[0]) == pytest.approx(fit_vote_smoothing(votes[1]))
 
 
 # ------------------------------------------------------------------ calibration
