@@ -317,3 +317,7 @@ def test_cma_elbo_is_deterministic_given_the_seed():
     assert torch.equal(a.samples["z"], b.samples["z"])
     assert a.diagnostics == b.diagnostics
     assert not torch.equal(a.samples["z"], c.samples["z"])
+    used = Potential(problem.model)
+    used.discover_sites()  # as after an earlier run: the sites are known, and the seed still decides
+    again = run(engine, used, seed=3, progress=False)
+    assert torch.equal(again.samples["z"], a.samples["z"]) and again.diagnostics == a.diagnostics

@@ -80,6 +80,16 @@ def metered(problem: LinearGaussian) -> Potential:
     return Potential(problem.model, meter=problem.meter)
 
 
+@pytest.mark.parametrize("engine", [EKI(num_ensemble=8), EKS(num_ensemble=8, num_iterations=3)], ids=["eki", "eks"])
+@pytest.mark.parametrize("meter", [True, False], ids=["metered", "unmetered"])
+def test_a_seed_gives_the_same_run_on_a_fresh_and_on_a_used_potential(engine, meter):
+    problem = LinearGaussian.random(dim=2, num_obs=5, seed=3)
+    fresh, used = (Potential(problem.model, meter=problem.meter if meter else None) for _ in range(2))
+    used.discover_sites()  # as after an earlier run: the sites are known
+    fresh, again = (run(engine, p, seed=4, progress=False) for p in (fresh, used))
+    assert torch.equal(again.samples["z"], fresh.samples["z"]) and again.diagnostics == fresh.diagnostics
+
+
 # ---------------------------------------------------------------------------- linear algebra
 def test_kalman_increments_match_the_observation_space_formula():
     g = torch.Generator().manual_seed(0)

@@ -33,7 +33,7 @@ from bayesprompt.inference.posterior import Posterior, Status
 from bayesprompt.lm.meter import BudgetExhausted, Meter
 from bayesprompt.models.potential import Potential
 
-__all__ = ["Engine", "run", "init_state", "make_generator", "generator_from", "InitialBudgetError"]
+__all__ = ["Engine", "run", "init_state", "make_generator", "generator_from", "discover_sites", "InitialBudgetError"]
 
 State = TypeVar("State")
 
@@ -52,6 +52,31 @@ class InitialBudgetError(BudgetExhausted):
 def make_generator(seed: int) -> torch.Generator:
     """A CPU generator seeded with ``seed``."""
     return torch.Generator().manual_seed(int(seed))
+
+
+def discover_sites(potential: Potential, generator: torch.Generator) -> None:
+    """Let ``potential`` learn its latent sites, advancing ``generator`` by exactly one draw.
+
+    The draw seeds the discovery (see :meth:`Potential.discover_sites`) whether or not
+    the sites are already known, so an engine's draws after it, and so its run for a
+    seed, do not depend on whether the potential was used before.
+
+    Examples
+    --------
+    >>> import pyro, pyro.distributions as dist
+    >>> def model():
+    ...     pyro.sample("z", dist.Normal(0.0, 1.0))
+    >>> fresh, used = Potential(model), Potential(model)
+    >>> _ = used.discover_sites()
+    >>> draws = []
+    >>> for potential in (fresh, used):
+    ...     generator = make_generator(0)
+    ...     discover_sites(potential, generator)
+    ...     draws.append(torch.randn(1, generator=generator))
+    >>> torch.equal(*draws)
+    True
+    """
+    potential.discover_sites(make_generator(int(torch.randint(0, 2**62, (1,), generator=generator))))
 
 
 def generator_from(rng_state: torch.Tensor) -> torch.Generator:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bayesprompt.inference.base import Engine, generator_from, make_generator
+from bayesprompt.inference.base import Engine, discover_sites, generator_from, make_generator
 from bayesprompt.inference.cma.bbt import (
     DevScore,
     ask,
@@ -187,7 +187,7 @@ class CMAELBO(Engine[CMAELBOState]):
     def init(self, potential: Potential, seed: int) -> CMAELBOState:
         """Start at ``m`` = the prior mean (see :func:`start_point`), ``s = init_std``; no query."""
         generator = make_generator(seed)
-        potential.discover_sites(generator)
+        discover_sites(potential, generator)
         dim = potential.dim
         prior = gaussian_prior(potential)
         log_scales = torch.full((self._num_scales(dim),), math.log(self.init_std))

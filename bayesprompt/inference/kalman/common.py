@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from bayesprompt.inference.base import Engine, make_generator
+from bayesprompt.inference.base import Engine, discover_sites, make_generator
 from bayesprompt.inference.kalman.ensemble import refill, require_survivors, spread
 from bayesprompt.inference.kalman.observation import (
     GaussianPrior,
@@ -102,7 +102,7 @@ class EnsembleKalmanEngine(Engine[State]):
             support.
         """
         generator = make_generator(seed)
-        potential.discover_sites(generator)
+        discover_sites(potential, generator)
         prior = gaussian_prior(potential.prior_trace(_PROBE_SIZE, generator), potential)
         ensemble = prior.sample(self.num_ensemble, generator)
         return self.state_class(
