@@ -980,8 +980,12 @@ def _infer(
     checkpoint: Checkpoint | None,
     progress: bool,
 ) -> tuple[Posterior, float]:
-    """Run (or continue) inference, checkpointing into ``run_dir``; returns the posterior and seconds."""
-    digest = config_digest(_config_dict(setup.config))
+    """Run (or continue) inference, checkpointing into ``run_dir``; returns the posterior and seconds.
+
+    A continued run keeps its checkpoint's config digest: :func:`resume` checked it against
+    the saved ``config.json``, whose ``out`` may name another spelling or place of the run.
+    """
+    digest = checkpoint.config_sha256 if checkpoint is not None else config_digest(_config_dict(setup.config))
     return run_with_checkpoints(engine, setup.potential, run_dir, seed=setup.config.seed, meter=setup.meter,
                                 config_sha256=digest, start=checkpoint, codec=codec, progress=progress)
 

@@ -58,9 +58,7 @@ import importlib
 import io
 import json
 import math
-import os
 import pickle
-import secrets
 import time
 import zipfile
 import zlib
@@ -72,6 +70,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bayesprompt.atomic import atomic_write_bytes, atomic_write_text
 from bayesprompt.inference.base import Engine, init_state, run
 from bayesprompt.inference.empirical_bayes import DevCentre
 from bayesprompt.inference.posterior import Posterior
@@ -149,6 +148,7 @@ PICKLE_ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         ("builtins", "frozenset"),
         ("builtins", "complex"),
         ("builtins", "slice"),
+        ("builtins", "range"),  # pycma's indices of mirrored samples (population below 6)
     }
 )
 
@@ -180,36 +180,6 @@ class StateSerializationError(ValueError):
 
 
 # ---------------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a flushed temporary file and an atomic rename.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     atomic_write_bytes(Path(tmp) / "x.bin", b"abc").read_bytes()
-    b'abc'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # a fresh name, created with the usual permissions
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def config_digest(config: Mapping[str, Any]) -> str:
     """SHA-256 of a config's canonical JSON (ties a checkpoint to the config it ran with).
 
@@ -278,7 +248,9 @@ class _Encoder:
         if isinstance(value, dict):
             return self._dict(value, path)
         if _is_pycma_strategy(value):
-            return {"type": "pycma", "array": self.add(np.frombuffer(value.pickle_dumps(), dtype=np.uint8))}
+            data = value.pickle_dumps()
+            _unpickle_pycma(data, path)  # a strategy that would not restore fails here, not at resume
+            return {"type": "pycma", "array": self.add(np.frombuffer(data, dtype=np.uint8))}
         raise StateSerializationError(
             f"cannot serialise {path} of type {type(value).__name__}: engine states may hold tensors, "
             "torch dtypes, numpy arrays, numbers, strings, None, tuples, lists, str-keyed dicts, registered "
@@ -394,13 +366,17 @@ class _Decoder:
         return instance
 
     def _pycma(self, node: Mapping[str, Any], path: str) -> Any:
-        data = self.array(node, path).tobytes()
-        try:
-            return _RestrictedUnpickler(io.BytesIO(data)).load()
-        except StateSerializationError:
-            raise
-        except Exception as err:  # unpickling can fail in many ways on corrupt bytes
-            raise StateSerializationError(f"{path}: cannot restore the pycma strategy: {err}") from err
+        return _unpickle_pycma(self.array(node, path).tobytes(), path)
+
+
+def _unpickle_pycma(data: bytes, path: str) -> Any:
+    """The pycma strategy pickled in ``data``, through :class:`_RestrictedUnpickler`."""
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except StateSerializationError as err:
+        raise StateSerializationError(f"{path}: {err}") from err
+    except Exception as err:  # unpickling can fail in many ways on corrupt bytes
+        raise StateSerializationError(f"{path}: cannot restore the pycma strategy: {err}") from err
 
 
 def _is_pycma_strategy(value: Any) -> bool:

@@ -41,7 +41,16 @@ def test_posterior_save_load_roundtrip_and_errors(tmp_path):
     torch.testing.assert_close(loaded.log_weights, post.log_weights)
     assert loaded.status == "budget_exhausted" and loaded.summary == {"log_evidence": -1.5}
     assert loaded.diagnostics == [{"beta": 0.5, "ess": 3.0}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["posterior.json", "posterior.npz"]  # no temporaries
+    archive = (tmp_path / "posterior.npz").read_bytes()
+    (tmp_path / "posterior.npz").write_bytes(archive[: len(archive) // 2])
+    with pytest.raises(ValueError, match=r"cannot read .*posterior\.npz: BadZipFile"):
+        Posterior.load(tmp_path)
+    (tmp_path / "posterior.npz").write_bytes(archive)
     meta = json.loads((tmp_path / "posterior.json").read_text())
+    (tmp_path / "posterior.json").write_text(json.dumps([meta]))
+    with pytest.raises(ValueError, match=r"posterior\.json must hold a JSON object, got list"):
+        Posterior.load(tmp_path)
     meta["format_version"] = 99
     (tmp_path / "posterior.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="format_version 99"):

@@ -8,15 +8,20 @@ from a directory without pickling objects.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import math
-import dataclasses
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from bayesprompt.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["Posterior", "Status", "FORMAT_VERSION"]
 
@@ -158,7 +163,9 @@ class Posterior:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {f"sample/{k}": v.detach().cpu().numpy() for k, v in self.samples.items()}
         arrays["log_weights"] = self.log_weights.numpy()
-        _atomic_write(directory / "posterior.npz", lambda f: np.savez(f, **arrays))
+        archive = io.BytesIO()
+        np.savez(archive, **arrays)
+        atomic_write_bytes(directory / "posterior.npz", archive.getvalue())
         meta = {
             "format_version": FORMAT_VERSION,
             "engine": self.engine,
@@ -168,7 +175,7 @@ class Posterior:
             "diagnostics": _jsonable(self.diagnostics),
             "num_chains": self.num_chains,
         }
-        _atomic_write(directory / "posterior.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        atomic_write_text(directory / "posterior.json", json.dumps(meta, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> "Posterior":
@@ -180,19 +187,21 @@ class Posterior:
                 raise FileNotFoundError(f"missing posterior file: {path}")
         try:
             meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{meta_path} is not valid JSON: {err}") from err
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path} must hold a JSON object, got {type(meta).__name__}")
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"{meta_path} has format_version {version!r}; this bayesprompt reads version {FORMAT_VERSION}"
             )
         try:
-            with np.load(npz_path) as data:
+            with np.load(io.BytesIO(npz_path.read_bytes())) as data:  # a corrupt archive leaves no file open
                 samples = {k[len("sample/") :]: torch.from_numpy(data[k]) for k in data.files if k.startswith("sample/")}
                 log_weights = torch.from_numpy(data["log_weights"])
-        except (OSError, KeyError, ValueError) as err:
-            raise ValueError(f"cannot read {npz_path}: {err}") from err
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as err:
+            raise ValueError(f"cannot read {npz_path}: {type(err).__name__}: {err}") from err
         return cls(
             samples,
             log_weights,
@@ -203,14 +212,6 @@ class Posterior:
             meta.get("summary", {}),
             int(meta.get("num_chains", 1)),
         )
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    tmp.replace(path)
 
 
 def _jsonable(value: Any) -> Any:
