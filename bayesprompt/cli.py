@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -249,7 +250,6 @@ def _fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from bayesprompt.pipeline import FitConfig, fit, resume
 
     if args.resume is not None:
-        _check_resume_alone(args, parser)
         result = resume(args.resume, progress=not args.quiet)
     else:
         config = FitConfig(
@@ -277,6 +277,8 @@ def _fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             vote_smoothing=args.vote_smoothing,
             engine_options=_parse_options(args.option),
         )
+        for warning in _unused_options(config, args.typed):
+            print(f"bayesprompt: warning: {warning}", file=sys.stderr)
         result = fit(config, progress=not args.quiet)
     metrics = result.metrics
     calls = metrics["inference_api_calls"]["calls"]
@@ -287,20 +289,60 @@ def _fit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _check_resume_alone(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def _check_resume_alone(args: argparse.Namespace) -> None:
     """``--resume`` reads the config from the run: any other option (but --quiet) is an error."""
-    fit_parser = _subparser(parser, "fit")
-    given = [
-        action.option_strings[0]
-        for action in fit_parser._actions
-        if action.dest not in ("help", "resume", "quiet", "handler")
-        and action.option_strings
-        and getattr(args, action.dest) != action.default
-    ]
+    given = [flag for flag in args.typed if flag not in ("--resume", "--quiet")]
     if given:
         raise ValueError(
             f"--resume reads the config from {args.resume}/config.json; do not pass {', '.join(given)}"
         )
+
+
+def _typed_options(parser: argparse.ArgumentParser, command: str, argv: Sequence[str] | None) -> list[str]:
+    """The options of ``command`` given in ``argv`` (even at their default value), as flags.
+
+    The command line is parsed once more with every default of ``command`` suppressed, so
+    that only what was typed (abbreviations and ``--flag=value`` included) sets a value.
+    """
+    sub = _subparser(parser, command)
+    defaults = {action: action.default for action in sub._actions}
+    try:
+        for action in sub._actions:
+            action.default = argparse.SUPPRESS
+        typed = vars(parser.parse_args(argv))
+    finally:
+        for action, default in defaults.items():
+            action.default = default
+    return [a.option_strings[-1] for a in sub._actions if a.option_strings and a.dest in typed and a.dest != "help"]
+
+
+def _unused_options(config: Any, typed: Sequence[str]) -> list[str]:
+    """Warnings for options given on the command line that have no effect on this ``config``."""
+    warnings = []
+    if "--particles" in typed and config.engine == "rw-mcmc":
+        warnings.append("--particles has no effect on rw-mcmc (its chains: --option num_chains=N)")
+    if "--particles" in typed and config.engine == "ensemble-mcmc" and config.num_particles % 2:
+        warnings.append(f"ensemble-mcmc needs an even number of walkers: it runs {config.num_particles + 1}")
+    if "--prior-centre-share" in typed and config.prior_centre != "dev":
+        warnings.append("--prior-centre-share has no effect without --prior-centre dev")
+    if "--vote-smoothing" in typed and not config.likelihood_free:
+        warnings.append(f"--vote-smoothing has no effect on {config.engine}, which sees scores (not votes)")
+    return warnings
+
+
+#: Config fields set by a flag of another name (other fields: ``--`` + the field with dashes).
+_FIELD_FLAGS = {
+    "num_particles": "--particles",
+    "temperature_prior_scale": "--latent-temperature",
+    "engine_options": "--option",
+}
+
+
+def _with_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A ``fit`` error with the snake_case config fields it names written as their flags."""
+    flags = {a.dest.replace("-", "_"): a.option_strings[-1] for a in _subparser(parser, "fit")._actions if a.option_strings}
+    flags.update(_FIELD_FLAGS)
+    return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda m: flags.get(m.group(0), m.group(0)), message)
 
 
 def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -411,9 +453,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command == "fit":
+            args.typed = _typed_options(parser, "fit", argv)
+            if args.resume is not None:
+                _check_resume_alone(args)
         return args.handler(args, parser)
-    except (ValueError, FileNotFoundError, KeyError, BudgetExhausted) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    except (ValueError, OSError, KeyError, BudgetExhausted) as err:
+        message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        if args.command == "fit":
+            message = _with_flags(message, parser)
         print(f"bayesprompt: error: {message}", file=sys.stderr)
         return 2
 

@@ -41,6 +41,7 @@ from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel, lognormal_temperature_prior
 from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
 from bayesprompt.runs import (
+    PREDICTIONS_FILE,
     Checkpoint,
     RunDirectory,
     RunDirectoryError,
@@ -420,6 +421,9 @@ def fit(
     """
     task = get_task(config.task)
     setup = _setup(config, task, projection=None)
+    custom = engine
+    # built before anything is written or queried, so that bad engine options cost nothing
+    engine = custom if custom is not None else build_engine(config, setup.potential, setup.train, setup.dev)
     run_dir = None
     if config.out is not None:
         run_dir = RunDirectory.create(config.out, _config_dict(config), setup.projection.metadata())
@@ -437,7 +441,8 @@ def fit(
         if run_dir is not None:
             run_dir.write_prior_centre(centre)
         setup = _centred(setup, centre)
-    engine = engine if engine is not None else build_engine(config, setup.potential, setup.train, setup.dev)
+        if custom is None:  # the engine of the centred prior
+            engine = build_engine(config, setup.potential, setup.train, setup.dev)
     return _complete(setup, engine, run_dir, codec, None, progress)
 
 
@@ -452,9 +457,15 @@ def resume(directory: str | Path, progress: bool = True, *, codec: StateCodec | 
     Raises
     ------
     RunDirectoryError
-        For a missing or corrupt file, or a checkpoint that does not belong to the config.
+        For a missing or corrupt file, a checkpoint that does not belong to the config, or
+        a finished run (whose predictions are written; re-predict it with :func:`evaluate_run`).
     """
     run_dir = RunDirectory.open(directory)
+    if run_dir.file(PREDICTIONS_FILE).is_file():
+        raise RunDirectoryError(
+            f"{run_dir.path}: the run has finished ({PREDICTIONS_FILE} is written); "
+            "`bayesprompt evaluate` predicts it again"
+        )
     saved = run_dir.read_config()
     config = _saved_config(run_dir, saved, out=str(directory))
     codec = codec if codec is not None else StateCodec()
@@ -482,12 +493,24 @@ def build_engine(
     dev_batch: EncodedBatch,
     builders: Mapping[str, EngineBuilder] = ENGINE_BUILDERS,
 ) -> Engine:
-    """The engine named by ``config.engine`` (looked up in ``builders``) with the config's options."""
+    """The engine named by ``config.engine`` (looked up in ``builders``) with the config's options.
+
+    Raises
+    ------
+    ValueError
+        For an unknown engine, or options its constructor refuses (an unknown name, a
+        value of the wrong type), naming ``engine_options``.
+    """
     try:
         builder = builders[config.engine]
     except KeyError:
         raise ValueError(f"no builder for engine {config.engine!r}; known engines: {sorted(builders)}") from None
-    return builder(config, potential, train_batch, dev_batch)
+    try:
+        return builder(config, potential, train_batch, dev_batch)
+    except TypeError as err:  # an unknown keyword, or a value of the wrong type
+        raise ValueError(
+            f"engine {config.engine!r} refuses engine_options {config.engine_options!r}: {err}"
+        ) from err
 
 
 def dev_accuracy_score(potential: Potential, dev_batch: EncodedBatch) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -677,6 +700,7 @@ def plot_run(directory: str | Path) -> list[Path]:
     from bayesprompt import plotting
 
     run_dir = RunDirectory.open(directory)
+    run_dir.require_posterior()  # a killed fit is resumed, not evaluated
     saved = run_dir.read_predictions()
     smoothing = _smoothing(_finished_config(run_dir))  # the vote smoothing the saved metrics used
     plots = run_dir.plots_dir

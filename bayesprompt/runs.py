@@ -889,10 +889,14 @@ class RunDirectory:
         """``posterior.json`` and ``posterior.npz`` (:meth:`Posterior.save`)."""
         posterior.save(self.path)
 
-    def read_posterior(self) -> Posterior:
-        """The final posterior."""
+    def require_posterior(self) -> None:
+        """Raise :class:`RunDirectoryError` (naming the file) unless the fit wrote its posterior."""
         for name in POSTERIOR_FILES:
             self._require(name, "missing file (the run has not finished; resume it with `bayesprompt fit --resume`)")
+
+    def read_posterior(self) -> Posterior:
+        """The final posterior."""
+        self.require_posterior()
         self._read_npz("posterior.npz")  # a truncated archive fails here, with the file closed
         try:
             return Posterior.load(self.path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -83,6 +84,15 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
     assert "ood_size must be >= 1" in _error(capsys, ["evaluate", str(tmp_path), "--ood-size", "0"])
     err = _error(capsys, ["fit", "--resume", str(tmp_path), "--task", "rte", "--k", "4"])
     assert "--resume reads the config from" in err and "--task, --k" in err
+    for typed, flag in ((["--budget", "2000"], "--budget"), (["--bud", "2000"], "--budget"), (["--budget=2000"], "--budget"),
+                        (["--option", "a=1"], "--option"), (["--bf16"], "--bf16")):
+        err = _error(capsys, ["fit", "--resume", str(tmp_path), *typed])  # given, even at the default value
+        assert f"do not pass {flag}" in err
+    killed = RunDirectory.create(tmp_path / "killed", {"task": "sst2"})  # a fit stopped before its posterior
+    assert "posterior.json: missing file (the run has not finished; resume it" in _error(capsys, ["plot", str(killed.path)])
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert "is not a directory" in _error(capsys, ["fit", "--data-dir", str(afile), "--quiet"])  # an OSError
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["fit", "--engine", "nope"])
     assert exit_info.value.code == 2
@@ -120,6 +130,37 @@ def test_fit_evaluate_plot_with_a_fake_black_box(tmp_path, capsys, fake_backend)
     assert cli.main(["evaluate", str(out), "--json"]) == 0  # without --ood: the OOD report is dropped
     assert "ood" not in json.loads(capsys.readouterr().out)
     assert "ood" not in RunDirectory(out).read_metrics()
+
+
+def test_bad_engine_options_fail_cleanly_before_touching_an_earlier_run(tmp_path, capsys, fake_backend):
+    out = tmp_path / "run"
+    assert cli.main(["fit", *FAKE, "--option", "max_moves=2", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    for options, message in (
+        (["--option", "max_moves=2x"], r"engine 'smc' refuses --option \{'max_moves': '2x'\}"),
+        (["--option", "not_a_key=3"], "unexpected keyword argument 'not_a_key'"),
+        (["--engine", "cmaes", "--option", "max_moves=2"], "engine 'cmaes' refuses --option"),
+        (["--particles", "1"], "--particles must be >= 2"),  # the flag, not the config field num_particles
+    ):
+        assert cli.main(["fit", *FAKE, *options, "--out", str(out)]) == 2
+        assert re.search(message, capsys.readouterr().err)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing written or removed
+
+
+def test_options_without_effect_are_warned_about():
+    warned = lambda typed, **config: cli._unused_options(pipeline.FitConfig(**config), typed)  # noqa: E731
+    assert warned(["--particles"], engine="rw-mcmc") == [
+        "--particles has no effect on rw-mcmc (its chains: --option num_chains=N)"]
+    assert warned(["--particles"], engine="ensemble-mcmc", num_particles=5) == [
+        "ensemble-mcmc needs an even number of walkers: it runs 6"]
+    assert warned(["--prior-centre-share"], prior_centre_share=0.3) == [
+        "--prior-centre-share has no effect without --prior-centre dev"]
+    assert warned(["--vote-smoothing"], engine="eki") == [
+        "--vote-smoothing has no effect on eki, which sees scores (not votes)"]
+    assert warned(["--particles", "--vote-smoothing"], engine="abc-smc", num_particles=5) == []
+    assert warned(["--prior-centre-share"], prior_centre="dev", prior_centre_share=0.3) == []
+    assert warned([], engine="rw-mcmc") == []  # the default population, not typed
 
 
 def test_likelihood_free_runs_predict_with_votes(tmp_path, fake_backend):

@@ -271,8 +271,20 @@ def test_load_jsonl_empty_file_is_an_error(tmp_path):
 
 
 def test_load_jsonl_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="absent.jsonl"):
+    with pytest.raises(FileNotFoundError, match="absent.jsonl' does not exist"):
         load_jsonl(tmp_path / "absent.jsonl", "sst2")
+    with pytest.raises(FileNotFoundError, match="is not a file"):
+        load_jsonl(tmp_path, "sst2")
+
+
+def test_load_jsonl_names_the_line_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    good = json.dumps(GOOD).encode()
+    path.write_bytes(good + b"\n\r\n" + good + b"\r\n" + json.dumps({"text": "caf\u00e9", "label": 0}, ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.jsonl, line 4: not UTF-8 text \(invalid continuation byte"):
+        load_jsonl(path, "sst2")
+    path.write_bytes(good + b"\r\n\n" + good + b"\r" + good)  # blank lines skipped, any line ending
+    assert load_jsonl(path, "sst2") == [Example("ok", 0)] * 3
 
 
 def test_load_jsonl_custom_task_label_names(tmp_path):

@@ -105,6 +105,7 @@ def test_resume_reads_the_centre_and_refuses_a_missing_one(tmp_path, fake_backen
     assert reference.metrics["prior_centre"] == resumed.metrics["prior_centre"]
     assert RunDirectory(tmp_path / "cut").read_meter() == RunDirectory(tmp_path / "ref").read_meter()
     (tmp_path / "cut" / "prior_centre.npz").unlink()
+    (tmp_path / "cut" / "predictions.npz").unlink()  # as if killed before its predictions were written
     with pytest.raises(RunDirectoryError, match="prior_centre.npz: missing file"):
         pipeline.resume(tmp_path / "cut", progress=False)
 

@@ -453,6 +453,9 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch, fa
                                 num_particles=4, out=str(tmp_path / "run"))
     pipeline.fit(config, progress=False)
     run = RunDirectory(tmp_path / "run")
+    with pytest.raises(RunDirectoryError, match=r"the run has finished \(predictions.npz is written\); `bayesprompt evaluate`"):
+        pipeline.resume(run.path, progress=False)  # it would predict again and drop what `evaluate` added
+    run.file("predictions.npz").unlink()  # as if killed before its predictions were written
     saved = run.read_config()
     run.write_config({**saved, "seed": 1}, None)
     with pytest.raises(RunDirectoryError, match="checkpoint.npz: written for another config"):

@@ -185,11 +185,20 @@ def _parse_line(line: str, where: str) -> Mapping[str, Any]:
 
 
 def _iter_lines(path: Path) -> Iterable[tuple[int, str]]:
-    """Yield ``(1-based line number, line)`` for the non-blank lines of ``path``."""
-    with path.open(encoding="utf-8-sig") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if line.strip():
-                yield lineno, line
+    """Yield ``(1-based line number, line)`` for the non-blank lines of the UTF-8 file ``path``.
+
+    Raises
+    ------
+    DataError
+        Naming the file and line, for a line that is not UTF-8.
+    """
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}, line {lineno}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        if line.strip():
+            yield lineno, line
 
 
 def load_jsonl(path: str | os.PathLike[str], task: str | Task, *, labelled: bool = True) -> list[Example]:
@@ -233,7 +242,8 @@ def load_jsonl(path: str | os.PathLike[str], task: str | Task, *, labelled: bool
     task = get_task(task)
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"data file {str(path)!r} {problem}")
     examples = []
     for lineno, line in _iter_lines(path):
         where = f"{path}, line {lineno}"
