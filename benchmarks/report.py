@@ -44,6 +44,7 @@ __all__ = [
     "overview_table",
     "plot_budget_sweep",
     "replace_between_markers",
+    "sweep_seed",
     "sweep_table",
     "write_markdown",
 ]
@@ -229,36 +230,41 @@ def replace_between_markers(text: str, replacement: str, name: str = "overview")
     return text[:body] + replacement.replace("\n", newline) + text[stop:]
 
 
+def sweep_seed(records: Sequence[Mapping[str, Any]], task: str) -> int | None:
+    """The seed the budget sweep of ``task`` shows: the lowest of its finished common-budget cells.
+
+    One seed for every budget, so that a row's trend is the budget's and not a change of
+    split (the sweep runs seed 0 first; cells reused across budgets exist for every seed).
+    """
+    seeds = [r["seed"] for r in records if r["task"] == task and r.get("budget_policy") == "common" and r.get("status") == "ok"]
+    return min(seeds) if seeds else None
+
+
 def sweep_table(records: Sequence[Mapping[str, Any]], task: str, method_order: Sequence[str] | None = None) -> str:
-    """Budget sweep of one task: rows are methods, columns budgets, cells ``metric / NLL``."""
-    mine = [r for r in records if r["task"] == task and r.get("budget_policy") == "common"]
+    """Budget sweep of one task at :func:`sweep_seed`: rows are methods, columns budgets, cells ``metric / NLL``."""
+    seed = sweep_seed(records, task)
+    mine = [r for r in records if r["task"] == task and r.get("budget_policy") == "common" and r.get("status") == "ok"
+            and r["seed"] == seed]
     budgets = sorted({r["budget"] for r in mine if r.get("budget") is not None})
     if not budgets:
         return ""
     metric_name = _metric_name(mine, task)
     methods, labels = _ordered_methods(mine, method_order)
     lines = [
-        f"### Budget sweep: {task} ({metric_name} / NLL, mean over seeds)",
+        f"### Budget sweep: {task} ({metric_name} / NLL, seed {seed})",
         "",
         _row(["Method", *[f"{b} calls" for b in budgets]]),
         _row(["---"] + ["---:"] * len(budgets)),
     ]
-    groups = {
-        (method, budget): [r for r in mine if r["method"] == method and r["budget"] == budget and r.get("status") == "ok"]
-        for method in methods
-        for budget in budgets
-    }
-    uneven = len({len(ok) for ok in groups.values() if ok}) > 1  # then say how many seeds each cell averages
     for method in methods:
         cells = []
         for budget in budgets:
-            ok = groups[(method, budget)]
-            same = " *" if ok and all("reused_from_budget" in r for r in ok) else ""
-            seeds = f" ({len(ok)})" if uneven else ""
-            cells.append(f"{_mean([r['metric'] for r in ok]):.3f} / {_mean([r['nll'] for r in ok]):.3f}{seeds}{same}" if ok else "—")
+            cell = next((r for r in mine if r["method"] == method and r["budget"] == budget), None)
+            same = " *" if cell is not None and "reused_from_budget" in cell else ""
+            cells.append(f"{cell['metric']:.3f} / {cell['nll']:.3f}{same}" if cell is not None else "—")
         lines.append(_row([labels[method], *cells]))
-    if uneven:
-        lines += ["", "(n): the number of seeds a cell averages, where cells differ."]
+    lines += ["", f"One seed ({seed}) throughout, so that a row changes with the budget alone; the means over seeds "
+              "at the main budget are in the tables above."]
     if any("reused_from_budget" in r for r in mine):
         lines += ["", "\\* the method stopped by itself under this budget: the same run as at another budget (`reused_from_budget`)."]
     return "\n".join(lines) + "\n"
@@ -306,9 +312,10 @@ def write_markdown(records: Sequence[Mapping[str, Any]], path: str | Path, confi
 def plot_budget_sweep(records: Sequence[Mapping[str, Any]], path: str | Path, task: str | None = None) -> Path:
     """Plot the task's metric and NLL against API calls used, one line per method.
 
-    Common-budget methods are lines (mean over seeds, error bars: sd); fixed-budget
-    methods (BBT at 8,000 calls) are single points; unbudgeted references (zero-shot,
-    white-box) are horizontal dashed lines. Uses matplotlib's object API (no pyplot state).
+    Every method at the one seed of :func:`sweep_seed`: common-budget methods are lines,
+    fixed-budget methods (BBT at 8,000 calls) single points, unbudgeted references
+    (zero-shot, white-box) horizontal dashed lines. Uses matplotlib's object API (no
+    pyplot state).
     """
     figure = budget_sweep_figure(records, task)
     path = Path(path)
@@ -323,7 +330,8 @@ def budget_sweep_figure(records: Sequence[Mapping[str, Any]], task: str | None =
     from matplotlib.figure import Figure
 
     task = task if task is not None else records[0]["task"]
-    ok = [r for r in records if r["task"] == task and r.get("status") == "ok"]
+    seed = sweep_seed(records, task)
+    ok = [r for r in records if r["task"] == task and r.get("status") == "ok" and (seed is None or r["seed"] == seed)]
     metric_name = next((r["metric_name"] for r in ok), "accuracy")
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for record in ok:
@@ -348,9 +356,8 @@ def budget_sweep_figure(records: Sequence[Mapping[str, Any]], task: str | None =
             budgets = sorted(by_budget)
             x = [max(1.0, _mean([r["api_calls"] for r in by_budget[b]])) for b in budgets]  # log axis
             y = [_mean([r[key] for r in by_budget[b]]) for b in budgets]
-            err = [_sd([r[key] for r in by_budget[b]]) for b in budgets]
-            ax.errorbar(x, y, yerr=err, marker=marker, markersize=4, capsize=2, label=label, color=color,
-                        linestyle="-" if policy == "common" else "none")
+            ax.plot(x, y, marker=marker, markersize=4, label=label, color=color,
+                    linestyle="-" if policy == "common" else "none")
     for ax, ylabel in zip(axes, (metric_name.upper() if metric_name == "f1" else "accuracy", "NLL")):
         ax.set_xscale("log")
         ax.set_xlabel("API calls used (inference)")
@@ -358,7 +365,7 @@ def budget_sweep_figure(records: Sequence[Mapping[str, Any]], task: str | None =
         ax.grid(True, alpha=0.3)
     handles, labels = axes[1].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=_LEGEND_COLUMNS, fontsize=8, frameon=False)
-    figure.suptitle(f"{task}: test {metric_name} and NLL against API calls (mean ± sd over seeds)")
+    figure.suptitle(f"{task}: test {metric_name} and NLL against API calls (seed {seed})")
     figure.tight_layout(rect=(0, legend_inches / height, 1, 1))
     return figure
 
@@ -526,11 +533,6 @@ def _budget_sort(budget: Any) -> float:
 def _mean(values: Iterable[float | None]) -> float:
     finite = [float(v) for v in values if v is not None and not _is_nan(v)]
     return statistics.fmean(finite) if finite else math.nan
-
-
-def _sd(values: Iterable[float | None]) -> float:
-    finite = [float(v) for v in values if v is not None and not _is_nan(v)]
-    return statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
 def _is_nan(value: Any) -> bool:

@@ -658,7 +658,7 @@ def test_markdown_report_separates_main_table_and_sweep(tmp_path):
     report = markdown_report(records, config)
     main_part = report.split("### Budget sweep")[0]
     assert "| SMC | 2000 |" in main_part and "| SMC | 250 |" not in main_part and "| BBT8K | 8000 |" in main_part
-    assert "| SMC | 0.702 / 0.550 | 0.720 / 0.550 |" in report
+    assert "| SMC | 0.702 / 0.500 | 0.720 / 0.500 |" in report and "### Budget sweep: sst2 (accuracy / NLL, seed 0)" in report
     assert "sst2 → mrpc" in report and "stopped by itself" not in report
     coverage = report.split("### Coverage")[1].split("###")[0]
     assert "| Method | sst2 |" in coverage and "| SMC | 2 |" in coverage and "| BBT8K | 1 |" in coverage
@@ -667,11 +667,23 @@ def test_markdown_report_separates_main_table_and_sweep(tmp_path):
     assert "| Method | sst2 | agnews |" in coverage and "| SMC | 2 | — |" in coverage and "| BBT8K | 1 | — |" in coverage
     same = [{**r, "budget": 4000, "reused_from_budget": 2000} for r in records if r["budget"] == 2000]
     swept = markdown_report(records + same, config)
-    assert "| SMC | 0.702 / 0.550 | 0.720 / 0.550 | 0.720 / 0.550 * |" in swept and "stopped by itself" in swept
-    one_seed = markdown_report(records + same[:1], config)
-    assert "| SMC | 0.702 / 0.550 (2) | 0.720 / 0.550 (2) | 0.720 / 0.500 (1) * |" in one_seed and "(n): the number of seeds" in one_seed
+    assert "| SMC | 0.702 / 0.500 | 0.720 / 0.500 | 0.720 / 0.500 * |" in swept and "stopped by itself" in swept
+    other_seed = markdown_report(records + same[1:], config)  # seed 1 alone stopped early: not mixed into seed 0's row
+    sweep = other_seed.split("### Budget sweep")[1]
+    assert "| SMC | 0.702 / 0.500 | 0.720 / 0.500 |" in sweep and "4000 calls" not in sweep
     path = plot_budget_sweep(records + [synthetic("sst2", "zero", 0, 0.6, budget=None, policy="none")], tmp_path / "sweep.png")
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_budget_sweep_plot_shows_one_seed_at_every_budget():
+    from benchmarks.report import budget_sweep_figure
+
+    records = [synthetic("sst2", "smc", s, 0.7 + s / 10, budget=b) for s in (1, 2) for b in (250, 2000)]
+    records.append({**synthetic("sst2", "smc", 2, 0.9, budget=4000), "reused_from_budget": 2000})
+    figure = budget_sweep_figure(records)
+    (line,) = figure.axes[0].get_lines()
+    assert list(line.get_xdata()) == [250, 2000] and list(line.get_ydata()) == [0.7 + 1 / 10] * 2  # seed 1 only
+    assert "(seed 1)" in figure.texts[0].get_text()
 
 
 @pytest.mark.parametrize("num_methods", [3, 22])
