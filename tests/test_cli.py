@@ -75,6 +75,15 @@ def test_unknown_task_exits_2_with_the_known_tasks(capsys):
     assert "unknown task 'nope'; known tasks: agnews, dbpedia" in _error(capsys, ["fit", "--task", "nope", "--quiet"])
 
 
+def test_the_parser_and_the_engines_load_without_transformers():
+    """`bayesprompt --help` and engine-only use skip the seconds that importing transformers takes."""
+    code = ("import sys, bayesprompt.cli, bayesprompt.pipeline, bayesprompt.lm; bayesprompt.cli.build_parser(); "
+            "print('transformers' in sys.modules, bayesprompt.lm.SentenceEncoderBlackBox.__name__, "
+            "'transformers' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "SentenceEncoderBlackBox", "True"]  # imported on first use
+
+
 def test_bad_inputs_exit_2(tmp_path, capsys):
     assert "--option expects KEY=VALUE" in _error(capsys, ["fit", "--option", "oops", "--quiet"])
     assert "budget must be a positive" in _error(capsys, ["fit", "--budget", "0", "--quiet"])

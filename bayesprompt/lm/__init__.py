@@ -11,15 +11,33 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from bayesprompt.data.task import Task
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.lm.label_only import LabelOnly
-from bayesprompt.lm.masked_lm import MaskedLMBlackBox
 from bayesprompt.lm.meter import BudgetExhausted, Meter, MeterSnapshot, ProbeInterrupt
 from bayesprompt.lm.precision import bf16_arithmetic, bf16_autocast, native_bf16
-from bayesprompt.lm.sentence_encoder import DEFAULT_SCALE, SentenceEncoderBlackBox, fit_scale
+
+if TYPE_CHECKING:
+    from bayesprompt.lm.masked_lm import MaskedLMBlackBox
+    from bayesprompt.lm.sentence_encoder import DEFAULT_SCALE, SentenceEncoderBlackBox, fit_scale
+
+#: Names of the Hugging Face backends, imported on first use: importing transformers takes
+#: seconds, which the engines, the meter and ``bayesprompt --help`` do not need.
+_LAZY = {
+    "MaskedLMBlackBox": "bayesprompt.lm.masked_lm",
+    "DEFAULT_SCALE": "bayesprompt.lm.sentence_encoder",
+    "SentenceEncoderBlackBox": "bayesprompt.lm.sentence_encoder",
+    "fit_scale": "bayesprompt.lm.sentence_encoder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BACKENDS",
@@ -66,9 +84,13 @@ def load_backend(kind: str, task: Task, **kwargs: Any) -> PromptBlackBox:
     ValueError: unknown backend kind 'gpt'; choose one of ('encoder', 'mlm')
     """
     if kind == "encoder":
+        from bayesprompt.lm.sentence_encoder import SentenceEncoderBlackBox
+
         return SentenceEncoderBlackBox(task, **kwargs)
     if kind == "mlm":
         if "model_name_or_path" not in kwargs:
             raise ValueError("load_backend('mlm', ...) needs model_name_or_path (e.g. 'roberta-large')")
+        from bayesprompt.lm.masked_lm import MaskedLMBlackBox
+
         return MaskedLMBlackBox(task, **kwargs)
     raise ValueError(f"unknown backend kind {kind!r}; choose one of {BACKENDS}")
