@@ -60,8 +60,6 @@ import json
 import math
 import pickle
 import time
-import zipfile
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +71,7 @@ import torch
 from bayesprompt.atomic import atomic_write_bytes, atomic_write_text
 from bayesprompt.inference.base import Engine, init_state, run
 from bayesprompt.inference.empirical_bayes import DevCentre
-from bayesprompt.inference.posterior import Posterior
+from bayesprompt.inference.posterior import ARCHIVE_ERRORS, Posterior
 from bayesprompt.lm.meter import Meter
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
@@ -167,8 +165,6 @@ RUN_FILES = (CONFIG_FILE, PROJECTION_FILE, PRIOR_CENTRE_FILE, CHECKPOINT_FILE, D
              METER_FILE, METRICS_FILE, PREDICTIONS_FILE)
 
 _HEADER = "__header__"
-#: Errors numpy and zipfile raise on missing members, truncated or garbled archives.
-_ARCHIVE_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
 class RunDirectoryError(ValueError):
@@ -475,7 +471,7 @@ class StateCodec:
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 arrays = {key: archive[key] for key in archive.files}
-        except _ARCHIVE_ERRORS as err:
+        except ARCHIVE_ERRORS as err:
             raise StateSerializationError(f"not a readable .npz archive ({type(err).__name__}: {err})") from err
         if _HEADER not in arrays:
             raise StateSerializationError(f"the archive has no {_HEADER} entry")
@@ -762,7 +758,7 @@ class RunDirectory:
         try:  # from bytes: numpy leaves the file open when the archive is unreadable
             with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as archive:
                 return {key: archive[key] for key in archive.files}
-        except _ARCHIVE_ERRORS as err:
+        except ARCHIVE_ERRORS as err:
             raise RunDirectoryError(
                 f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); the file is truncated or corrupt"
             ) from err
@@ -897,10 +893,9 @@ class RunDirectory:
     def read_posterior(self) -> Posterior:
         """The final posterior."""
         self.require_posterior()
-        self._read_npz("posterior.npz")  # a truncated archive fails here, with the file closed
         try:
             return Posterior.load(self.path)
-        except _ARCHIVE_ERRORS as err:
+        except ARCHIVE_ERRORS as err:
             raise RunDirectoryError(f"{self.path}: cannot read the posterior: {err}") from err
 
     def write_meter(self, readings: Mapping[str, Any]) -> Path:

@@ -23,7 +23,10 @@ import torch
 
 from bayesprompt.atomic import atomic_write_bytes, atomic_write_text
 
-__all__ = ["Posterior", "Status", "FORMAT_VERSION"]
+__all__ = ["ARCHIVE_ERRORS", "Posterior", "Status", "FORMAT_VERSION"]
+
+#: What reading a damaged (truncated, corrupt) ``.npz`` archive from its bytes can raise.
+ARCHIVE_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
 
 #: Version of the on-disk format written by :meth:`Posterior.save`.
 FORMAT_VERSION = 1
@@ -200,8 +203,10 @@ class Posterior:
             with np.load(io.BytesIO(npz_path.read_bytes())) as data:  # a corrupt archive leaves no file open
                 samples = {k[len("sample/") :]: torch.from_numpy(data[k]) for k in data.files if k.startswith("sample/")}
                 log_weights = torch.from_numpy(data["log_weights"])
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as err:
-            raise ValueError(f"cannot read {npz_path}: {type(err).__name__}: {err}") from err
+        except ARCHIVE_ERRORS as err:
+            raise ValueError(
+                f"{npz_path}: not a readable .npz archive ({type(err).__name__}: {err}); the file is truncated or corrupt"
+            ) from err
         return cls(
             samples,
             log_weights,
