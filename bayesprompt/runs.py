@@ -104,6 +104,7 @@ STATE_CLASSES: tuple[str, ...] = (
     "bayesprompt.models.potential.Evaluation",
     "bayesprompt.inference.smc.tempered.TemperedSMCState",
     "bayesprompt.inference.smc.abc.ABCSMCState",
+    "bayesprompt.inference.smc.abc.PartialPopulation",
     "bayesprompt.inference.smc.abc_mcmc.AdaptiveABCSMCState",
     "bayesprompt.inference.cma.bbt.CMAState",
     "bayesprompt.inference.cma.ensembles.EnsembleState",

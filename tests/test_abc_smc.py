@@ -35,6 +35,8 @@ from bayesprompt.inference.base import run
 from bayesprompt.inference.posterior import Status
 from bayesprompt.inference.smc.abc import (
     ABCSMC,
+    ABCSMCState,
+    PartialPopulation,
     PopulationHistory,
     error_rate,
     importance_log_weights,
@@ -49,6 +51,7 @@ from bayesprompt.lm.meter import Meter
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel
+from bayesprompt.runs import StateCodec
 
 THRESHOLDS = torch.tensor([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5, 3.0, 3.5, 4.0])
 Z_TRUE = 1.7  # between THRESHOLDS[5] = 1.0 and THRESHOLDS[6] = 2.5, well right of the prior mode
@@ -99,6 +102,15 @@ def run_toy(seed: int = 0, **options):
     engine = ABCSMC(toy.observed, **{"num_particles": 1000, **options})
     posterior = run(engine, toy.potential(), seed=seed, progress=False, callback=history)
     return posterior, history
+
+
+def next_population(engine: ABCSMC, potential: Potential, state: ABCSMCState) -> ABCSMCState:
+    """Step batch by batch until the next population is complete."""
+    while True:
+        state, info = engine.step(potential, state)
+        assert not info.get("stalled")
+        if info["complete"]:
+            return state
 
 
 # ---------------------------------------------------------------------- correctness
@@ -189,7 +201,7 @@ def test_engine_weights_equal_a_direct_computation():
     potential = toy.potential()
     engine = ABCSMC(toy.observed, num_particles=50)
     state0 = engine.init(potential, seed=0)
-    state1, _ = engine.step(potential, state0)
+    state1 = next_population(engine, potential, state0)
     u1 = state1.u.double().numpy()
     expected = direct_weights(
         u1,
@@ -292,8 +304,10 @@ def test_stalls_on_an_impossible_tolerance():
     torch.testing.assert_close(posterior.samples["z"], last.u[:, 0])
     stalled_info = posterior.diagnostics[-1]
     assert stalled_info["stalled"] and stalled_info["epsilon"] == pytest.approx(0.4)
-    assert stalled_info["batches"] == 3 and stalled_info["proposals"] == 150
+    assert stalled_info["batch"] == 3 and stalled_info["acceptance_rate"] == 0.0
+    assert [info["accepted"] for info in posterior.diagnostics[-3:]] == [0, 0, 0]
     assert meter.calls == 100 + sum(info["proposals"] for info in posterior.diagnostics)
+    assert posterior.summary["simulations"] == meter.calls  # the stalled stage's proposals count
 
 
 def test_budget_exhausted_mid_population_returns_the_last_complete_one():
@@ -312,6 +326,39 @@ def test_budget_exhausted_mid_population_returns_the_last_complete_one():
     torch.testing.assert_close(posterior.log_weights, last.log_weights)
     assert posterior.summary["epsilon"] == last.epsilon > 0.0
     assert bool((last.distances <= last.epsilon + 1e-9).all())
+    assert posterior.summary["simulations"] == meter.calls  # every paid batch, the unfinished stage's too
+    assert not posterior.diagnostics[-1]["complete"]
+
+
+def test_one_step_is_one_batch_and_a_checkpoint_mid_stage_resumes_identically():
+    """A stage spans several steps; a state saved between two of them continues bit-equal."""
+    meter = Meter()
+    toy = ThresholdToy(meter=meter)
+    engine = ABCSMC(toy.observed, num_particles=200, batch_size=100, max_stages=3)
+    potential = toy.potential()
+    state, infos = engine.init(potential, seed=0), []
+    calls = meter.calls
+    while engine.stop_reason(state) is None:
+        state, info = engine.step(potential, state)
+        assert meter.calls - calls == 100 and info["proposals"] == 100  # one batch, one call
+        calls = meter.calls
+        infos.append((info, state))
+    mid = [s for info, s in infos if s.partial is not None and s.partial.batches >= 2]
+    assert mid, "no stage took three batches"
+    saved = mid[0]
+    codec = StateCodec()
+    restored = codec.loads(codec.dumps(saved))[0]
+    assert isinstance(restored.partial, PartialPopulation) and restored.partial.count == saved.partial.count
+    assert bool((restored.partial.distances <= restored.partial.epsilon + 1e-9).all())
+    resumed = restored
+    while engine.stop_reason(resumed) is None:
+        resumed, _ = engine.step(potential, resumed)
+    for name in ("u", "log_weights", "distances"):
+        assert torch.equal(getattr(resumed, name), getattr(state, name)), name
+    assert (resumed.stage, resumed.simulations, resumed.epsilon) == (state.stage, state.simulations, state.epsilon)
+    complete = [info for info, _ in infos if info["complete"]]
+    assert [info["stage"] for info in complete] == [1, 2, 3]
+    assert all(info["stage_accepted"] == 200 for info in complete)
 
 
 def test_max_stages_and_initial_batch():
@@ -406,12 +453,12 @@ def test_label_only_prompt_model_end_to_end():
     engine = ABCSMC(batch.labels, num_particles=100, max_stages=5)
     posterior = run(engine, Potential(model, (batch,)), seed=0, meter=meter, progress=False)
 
-    errors = [info["mean_distance"] for info in posterior.diagnostics]
+    errors = [info["mean_distance"] for info in posterior.diagnostics if info["complete"]]
     assert len(errors) == 5 and posterior.status in (Status.MAX_ITERATIONS, Status.FINISHED)
     assert all(b < a for a, b in zip(errors, errors[1:])), errors
     assert errors[-1] < 0.15 and posterior.summary["mean_distance"] == errors[-1]
     assert posterior.samples["z"].shape == (100, 4)
     # one black-box query per batch (plus the prior batch), one API call per particle
-    assert meter.queries == 1 + sum(info["batches"] for info in posterior.diagnostics)
+    assert meter.queries == 1 + len(posterior.diagnostics)
     assert meter.calls == 100 + sum(info["proposals"] for info in posterior.diagnostics)
     assert posterior.api_calls["calls"] == meter.calls

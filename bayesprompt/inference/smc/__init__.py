@@ -10,7 +10,7 @@
   dimension (defined in :mod:`.abc_mcmc`; its moves are in :mod:`.moves`).
 """
 
-from bayesprompt.inference.smc.abc import ABCSMC, ABCSMCState
+from bayesprompt.inference.smc.abc import ABCSMC, ABCSMCState, PartialPopulation
 from bayesprompt.inference.smc.abc_mcmc import AdaptiveABCSMC, AdaptiveABCSMCState
 from bayesprompt.inference.smc.ess import ess, normalize
 from bayesprompt.inference.smc.resampling import (
@@ -29,6 +29,7 @@ __all__ = [
     "ABCSMCState",
     "AdaptiveABCSMC",
     "AdaptiveABCSMCState",
+    "PartialPopulation",
     "SCHEMES",
     "TemperedSMC",
     "TemperedSMCState",

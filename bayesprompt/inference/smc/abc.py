@@ -50,11 +50,16 @@ Tolerance schedules
     population below ``eps_{t-1}``, or to ``eps_{t-1} - step`` if there is none.
 
 Both are clipped at ``epsilon_min``; the run is ``finished`` once a population at
-``epsilon_min`` is complete. Each stage is one engine :meth:`~ABCSMC.step` (a whole
-population), so when the API budget runs out part-way, :func:`~bayesprompt.inference.base.run`
-returns the last *complete* population. If ``max_rejected_batches`` consecutive batches
-bring no accepted proposal, the stage gives up and the run stops ``stalled`` with the
-last complete population.
+``epsilon_min`` is complete. Each engine :meth:`~ABCSMC.step` is **one batch** (one
+black-box call): the state holds the last complete population and the proposals the stage
+in progress has accepted so far (:class:`PartialPopulation`), so a checkpoint after every
+step loses at most one batch when a run is killed, and a resumed run continues the stage
+it was in, drawing the same random numbers as an uninterrupted run. The step whose batch
+completes a population says so in its info record (``"complete": True``). When the API
+budget runs out part-way through a stage, :func:`~bayesprompt.inference.base.run` returns
+the last *complete* population. If ``max_rejected_batches`` consecutive batches bring no
+accepted proposal, the stage gives up and the run stops ``stalled`` with the last
+complete population.
 
 Shen et al.'s code builds population 1 by rejection sampling from the prior at
 ``eps_1``; here every stage, the first included, perturbs the previous population (the
@@ -97,6 +102,7 @@ from bayesprompt.models.potential import Potential, seeded
 __all__ = [
     "ABCSMC",
     "ABCSMCState",
+    "PartialPopulation",
     "PopulationHistory",
     "error_rate",
     "one_minus_f1",
@@ -315,8 +321,47 @@ def weighted_quantile(values: torch.Tensor, log_weights: torch.Tensor, alpha: fl
 
 # ---------------------------------------------------------------------- state & engine
 @dataclass(frozen=True)
+class PartialPopulation:
+    """The stage in progress: what its batches have accepted so far (immutable).
+
+    Attributes
+    ----------
+    epsilon : float
+        The stage's tolerance.
+    covariance : Tensor ``[D, D]`` (float64)
+        The perturbation kernel's covariance, fixed for the stage.
+    u : Tensor ``[k, D]``
+        Accepted proposals so far (``k < N``).
+    log_prior : Tensor ``[k]``
+        Their log prior densities.
+    distances : Tensor ``[k]`` (float64)
+        Their distances.
+    proposals : int
+        Proposals evaluated in this stage, accepted or not.
+    batches : int
+        Batches (black-box calls) of this stage.
+    rejected_streak : int
+        Consecutive batches, up to the last one, without an acceptance.
+    """
+
+    epsilon: float
+    covariance: torch.Tensor
+    u: torch.Tensor
+    log_prior: torch.Tensor
+    distances: torch.Tensor
+    proposals: int
+    batches: int
+    rejected_streak: int
+
+    @property
+    def count(self) -> int:
+        """Accepted proposals so far."""
+        return int(self.u.shape[0])
+
+
+@dataclass(frozen=True)
 class ABCSMCState:
-    """One complete ABC-SMC population (immutable).
+    """The last complete ABC-SMC population and the stage in progress (immutable).
 
     Attributes
     ----------
@@ -333,12 +378,15 @@ class ABCSMCState:
     stage : int
         Population index (0 = prior draws).
     simulations : int
-        Particles evaluated so far (prior batch and all proposals, accepted or not).
+        Particles evaluated so far (prior batch and all proposals, accepted or not,
+        those of the stage in progress included).
     stalled : bool
         The last stage found no accepted proposal in ``max_rejected_batches`` batches;
         the population is then the last complete one.
     rng_state : Tensor
         State of the engine's generator.
+    partial : PartialPopulation or None
+        The next population's accepted proposals so far; ``None`` between stages.
     """
 
     u: torch.Tensor
@@ -350,6 +398,7 @@ class ABCSMCState:
     simulations: int
     stalled: bool
     rng_state: torch.Tensor
+    partial: PartialPopulation | None = None
 
     @property
     def num_particles(self) -> int:
@@ -365,19 +414,6 @@ class ABCSMCState:
     def mean_distance(self) -> float:
         """Weighted mean distance (e.g. the training error rate of the ensemble's members)."""
         return float(torch.softmax(self.log_weights, 0) @ self.distances)
-
-
-@dataclass
-class _Accepted:
-    """Accepted proposals of a stage in progress (local to one :meth:`ABCSMC.step`)."""
-
-    u: list[torch.Tensor]
-    log_prior: list[torch.Tensor]
-    distances: list[torch.Tensor]
-
-    @property
-    def count(self) -> int:
-        return sum(int(x.shape[0]) for x in self.u)
 
 
 class ABCSMC(Engine[ABCSMCState]):
@@ -519,51 +555,75 @@ class ABCSMC(Engine[ABCSMCState]):
         )
 
     def step(self, potential: Potential, state: ABCSMCState) -> tuple[ABCSMCState, dict[str, Any]]:
-        """Build the next population, one black-box call per batch of proposals."""
+        """One batch of proposals (one black-box call) towards the next population.
+
+        The first batch of a stage fixes its tolerance and kernel. The batch that brings
+        the accepted count to ``N`` turns them into the next population (info
+        ``"complete": True``); the ``max_rejected_batches``-th batch in a row without an
+        acceptance stops the run ``stalled`` on the last complete population.
+        """
         generator = generator_from(state.rng_state)
-        epsilon = self.next_epsilon(state)
-        covariance = kernel_covariance(state.u, state.log_weights, self.kernel_scale, self._kernel_kind(state))
-        accepted, proposals, batches = self._sample(potential, state, covariance, epsilon, generator)
+        partial = state.partial if state.partial is not None else self._open_stage(state)
+        partial = self._extend(potential, state, partial, generator)
+        simulations = state.simulations + self.batch_size
         info = {
             "stage": state.stage + 1,
-            "epsilon": epsilon,
-            "acceptance_rate": accepted.count / proposals,
-            "proposals": proposals,
-            "batches": batches,
-            "simulations": state.simulations + proposals,
+            "epsilon": partial.epsilon,
+            "batch": partial.batches,
+            "accepted": partial.count - (state.partial.count if state.partial is not None else 0),
+            "stage_accepted": min(partial.count, self.num_particles),
+            "acceptance_rate": partial.count / partial.proposals,
+            "proposals": self.batch_size,
+            "simulations": simulations,
         }
-        if accepted.count < self.num_particles:
+        if partial.count >= self.num_particles:
+            new = self._population(state, partial, simulations, generator)
+            return new, {**info, "complete": True, "ess": new.ess, "mean_distance": new.mean_distance}
+        info = {**info, "complete": False, "ess": state.ess, "mean_distance": state.mean_distance}
+        if partial.rejected_streak >= self.max_rejected_batches:
             stalled = replace(
-                state, simulations=state.simulations + proposals, stalled=True, rng_state=generator.get_state()
+                state, simulations=simulations, stalled=True, rng_state=generator.get_state(), partial=None
             )
-            return stalled, {**info, "ess": state.ess, "mean_distance": state.mean_distance, "stalled": True}
-        new = self._population(state, accepted, covariance, epsilon, proposals, generator)
-        return new, {**info, "ess": new.ess, "mean_distance": new.mean_distance}
+            return stalled, {**info, "stalled": True}
+        return replace(state, simulations=simulations, rng_state=generator.get_state(), partial=partial), info
 
-    def _sample(
+    def _open_stage(self, state: ABCSMCState) -> PartialPopulation:
+        """An empty stage after ``state``'s population: its tolerance and kernel."""
+        covariance = kernel_covariance(state.u, state.log_weights, self.kernel_scale, self._kernel_kind(state))
+        dim = state.u.shape[1]
+        return PartialPopulation(
+            epsilon=self.next_epsilon(state),
+            covariance=covariance,
+            u=state.u.new_empty((0, dim)),
+            log_prior=state.log_prior.new_empty((0,)),
+            distances=torch.empty(0, dtype=torch.float64),
+            proposals=0,
+            batches=0,
+            rejected_streak=0,
+        )
+
+    def _extend(
         self,
         potential: Potential,
         state: ABCSMCState,
-        covariance: torch.Tensor,
-        epsilon: float,
+        partial: PartialPopulation,
         generator: torch.Generator,
-    ) -> tuple[_Accepted, int, int]:
-        """Propose batches until ``N`` are accepted or ``max_rejected_batches`` in a row fail."""
-        scale_tril = torch.linalg.cholesky(covariance)
-        accepted = _Accepted([], [], [])
-        proposals, batches, rejected_streak = 0, 0, 0
-        while accepted.count < self.num_particles and rejected_streak < self.max_rejected_batches:
-            u = self._propose(state, scale_tril, generator)
-            with seeded(generator):  # stochastic simulators draw from the engine's generator
-                evaluation = potential.evaluate(u)  # one black-box call for the whole batch
-            distances = self.distances(evaluation.outputs)
-            keep = (distances <= epsilon + EPS_ATOL) & torch.isfinite(evaluation.log_prior)
-            proposals, batches = proposals + int(u.shape[0]), batches + 1
-            rejected_streak = 0 if bool(keep.any()) else rejected_streak + 1
-            accepted.u.append(u[keep])
-            accepted.log_prior.append(evaluation.log_prior[keep])
-            accepted.distances.append(distances[keep])
-        return accepted, proposals, batches
+    ) -> PartialPopulation:
+        """``partial`` plus the accepted proposals of one more batch."""
+        u = self._propose(state, torch.linalg.cholesky(partial.covariance), generator)
+        with seeded(generator):  # stochastic simulators draw from the engine's generator
+            evaluation = potential.evaluate(u)  # one black-box call for the whole batch
+        distances = self.distances(evaluation.outputs)
+        keep = (distances <= partial.epsilon + EPS_ATOL) & torch.isfinite(evaluation.log_prior)
+        return replace(
+            partial,
+            u=torch.cat([partial.u, u[keep]]),
+            log_prior=torch.cat([partial.log_prior, evaluation.log_prior[keep]]),
+            distances=torch.cat([partial.distances, distances[keep]]),
+            proposals=partial.proposals + int(u.shape[0]),
+            batches=partial.batches + 1,
+            rejected_streak=0 if bool(keep.any()) else partial.rejected_streak + 1,
+        )
 
     def stop_reason(self, state: ABCSMCState) -> str | None:
         """``stalled``, ``finished`` (population at ``epsilon_min``) or ``max_iterations``."""
@@ -631,29 +691,23 @@ class ABCSMC(Engine[ABCSMCState]):
         return (state.u[ancestors].double() + noise @ scale_tril.T).to(state.u.dtype)
 
     def _population(
-        self,
-        state: ABCSMCState,
-        accepted: _Accepted,
-        covariance: torch.Tensor,
-        epsilon: float,
-        proposals: int,
-        generator: torch.Generator,
+        self, state: ABCSMCState, partial: PartialPopulation, simulations: int, generator: torch.Generator
     ) -> ABCSMCState:
+        """The first ``N`` accepted proposals of a finished stage, weighted."""
         n = self.num_particles
-        u = torch.cat(accepted.u)[:n]
-        log_prior = torch.cat(accepted.log_prior)[:n]
+        u, log_prior = partial.u[:n], partial.log_prior[:n]
         if self.weighting == "importance":
-            log_weights = importance_log_weights(u, log_prior, state.u, state.log_weights, covariance)
+            log_weights = importance_log_weights(u, log_prior, state.u, state.log_weights, partial.covariance)
         else:
             log_weights = torch.full((n,), -math.log(n), dtype=torch.float64)
         return ABCSMCState(
             u=u,
             log_prior=log_prior,
-            distances=torch.cat(accepted.distances)[:n],
+            distances=partial.distances[:n],
             log_weights=log_weights,
-            epsilon=epsilon,
+            epsilon=partial.epsilon,
             stage=state.stage + 1,
-            simulations=state.simulations + proposals,
+            simulations=simulations,
             stalled=False,
             rng_state=generator.get_state(),
         )
@@ -707,8 +761,10 @@ class PopulationHistory:
     """A :func:`~bayesprompt.inference.base.run` callback that keeps each completed population.
 
     States are immutable, so keeping them costs only their memory (``N x D`` each).
-    A stalled step repeats the last population and is not stored again. Population 0
-    (the prior draws) is not passed to callbacks; add it with :meth:`record` if wanted.
+    Of :class:`ABCSMC`'s steps (one batch each), only the one that completes a population
+    stores it; the batches before it, and a stalled step, repeat the last population
+    (``info["complete"]`` is false). Population 0 (the prior draws) is not passed to
+    callbacks; add it with :meth:`record` if wanted.
 
     Parameters
     ----------
@@ -726,7 +782,8 @@ class PopulationHistory:
         self.states: deque[ABCSMCState] = deque(maxlen=maxlen)
 
     def __call__(self, state: ABCSMCState, info: dict[str, Any] | None = None) -> None:
-        self.record(state)
+        if info is None or info.get("complete", True):  # an ABCSMC batch that left its stage open: no
+            self.record(state)
 
     def record(self, state: ABCSMCState) -> None:
         """Store ``state`` unless it is a repeat of the last stored population."""
