@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A benchmark lane: run cells on one CPU core in a scratch output directory, and park the
+# fits still in progress in the repository so that a later sitting on another machine
+# continues them.
+#
+#   benchmarks/lane.sh run OUT TASK METHOD "SEEDS" BUDGET   # e.g. run /tmp/outA dbpedia smc "1 2" 2000
+#   benchmarks/lane.sh park OUT...                          # copy OUT/cells/*.fit into benchmarks/results/cells
+#   benchmarks/lane.sh done OUT...                          # copy finished records in, drop their parked fits
+#
+# `run` seeds OUT/cells with the committed records (so finished cells are not rerun) and with
+# any parked fit (so an unfinished cell continues from its last engine step), then runs
+# `python -m benchmarks.run` with one thread and bf16, as the committed cells were made.
+# A scratch OUT keeps the committed results.md and results.json from being rewritten
+# with the lane's one-cell selection. Parked fits larger than BAYESPROMPT_PARK_LIMIT_MB
+# (default 20) are refused with a message: commit history keeps every parked copy.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cells="$repo/benchmarks/results/cells"
+limit_mb="${BAYESPROMPT_PARK_LIMIT_MB:-20}"
+
+usage() {
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+run_lane() {
+    [[ $# -eq 5 ]] || usage
+    local out="$1" task="$2" method="$3" seeds="$4" budget="$5"
+    mkdir -p "$out/cells"
+    cp -n "$cells"/*.json "$out/cells/" 2>/dev/null || true
+    for fit in "$cells"/*.fit; do
+        [[ -d "$fit" && ! -e "$out/cells/$(basename "$fit")" ]] && cp -r "$fit" "$out/cells/"
+    done
+    cd "$repo"
+    # shellcheck disable=SC2086  # SEEDS is a space-separated list
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 BAYESPROMPT_DATA="${BAYESPROMPT_DATA:-$repo/../shared/data}" \
+        python -m benchmarks.run --out "$out" --tasks "$task" --methods "$method" --seeds $seeds \
+        --budgets "$budget" --no-sweep --precision bf16
+}
+
+park() {
+    [[ $# -ge 1 ]] || usage
+    local out fit size
+    for out in "$@"; do
+        for fit in "$out"/cells/*.fit; do
+            [[ -d "$fit" ]] || continue
+            size=$(du -sm "$fit" | cut -f1)
+            if (( size > limit_mb )); then
+                echo "not parked: $fit is $size MB (limit $limit_mb MB, BAYESPROMPT_PARK_LIMIT_MB)" >&2
+                continue
+            fi
+            rm -rf "$cells/$(basename "$fit")"
+            cp -r "$fit" "$cells/"
+            echo "parked $(basename "$fit") ($size MB)"
+        done
+    done
+}
+
+finish() {
+    [[ $# -ge 1 ]] || usage
+    local out record name
+    for out in "$@"; do
+        for record in "$out"/cells/*.json; do
+            name="$(basename "$record")"
+            [[ -e "$cells/$name" ]] && continue
+            cp "$record" "$cells/"
+            rm -rf "$cells/${name%.json}.fit"
+            echo "new record $name"
+        done
+    done
+}
+
+command="${1:-}"
+shift || true
+case "$command" in
+    run) run_lane "$@" ;;
+    park) park "$@" ;;
+    done) finish "$@" ;;
+    *) usage ;;
+esac
