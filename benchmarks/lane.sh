@@ -5,7 +5,7 @@
 #
 #   benchmarks/lane.sh run OUT TASK METHOD "SEEDS" BUDGET   # e.g. run /tmp/outA dbpedia smc "1 2" 2000
 #   benchmarks/lane.sh park OUT...                          # copy OUT/cells/*.fit into benchmarks/results/cells
-#   benchmarks/lane.sh done OUT...                          # copy finished records in, drop their parked fits
+#   benchmarks/lane.sh done OUT...                          # copy new "ok" records in, drop their parked fits
 #
 # `run` seeds OUT/cells with the committed records (so finished cells are not rerun) and with
 # any parked fit (so an unfinished cell continues from its last engine step), then runs
@@ -24,9 +24,14 @@ usage() {
     exit 2
 }
 
+absolute() {  # OUT as an absolute path (the lane changes directory before benchmarks.run)
+    realpath -m "$1"
+}
+
 run_lane() {
     [[ $# -eq 5 ]] || usage
-    local out="$1" task="$2" method="$3" seeds="$4" budget="$5"
+    local out task="$2" method="$3" seeds="$4" budget="$5"
+    out="$(absolute "$1")"
     mkdir -p "$out/cells"
     cp -n "$cells"/*.json "$out/cells/" 2>/dev/null || true
     for fit in "$cells"/*.fit; do
@@ -43,6 +48,11 @@ park() {
     [[ $# -ge 1 ]] || usage
     local out fit size
     for out in "$@"; do
+        out="$(absolute "$out")"
+        if [[ "$out/cells" -ef "$cells" ]]; then
+            echo "not parked: $out is the repository's own results folder" >&2
+            continue
+        fi
         for fit in "$out"/cells/*.fit; do
             [[ -d "$fit" ]] || continue
             size=$(du -sm "$fit" | cut -f1)
@@ -57,13 +67,19 @@ park() {
     done
 }
 
+status() {  # the "status" field of a cell record
+    python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("status"))' "$1"
+}
+
 finish() {
     [[ $# -ge 1 ]] || usage
     local out record name
     for out in "$@"; do
         for record in "$out"/cells/*.json; do
+            [[ -f "$record" ]] || continue
             name="$(basename "$record")"
-            [[ -e "$cells/$name" ]] && continue
+            [[ "$(status "$record")" == ok ]] || continue  # an error record keeps its fit for the rerun
+            [[ -e "$cells/$name" && "$(status "$cells/$name")" == ok ]] && continue
             cp "$record" "$cells/"
             rm -rf "$cells/${name%.json}.fit"
             echo "new record $name"

@@ -561,6 +561,14 @@ class ABCSMC(Engine[ABCSMCState]):
         the accepted count to ``N`` turns them into the next population (info
         ``"complete": True``); the ``max_rejected_batches``-th batch in a row without an
         acceptance stops the run ``stalled`` on the last complete population.
+
+        The info record holds ``stage`` (the population being built), ``epsilon``,
+        ``batch`` (its index in the stage, from 1), ``proposals`` (this batch's, so their
+        sum over a run is the API calls after population 0), ``accepted`` (this batch's,
+        surplus beyond ``N`` included), ``stage_accepted`` (so far, at most ``N``),
+        ``acceptance_rate`` (the stage's so far), ``simulations``, ``complete``, ``ess``
+        and ``mean_distance`` (of the newest complete population), and ``stalled`` when
+        the stage gave up.
         """
         generator = generator_from(state.rng_state)
         partial = state.partial if state.partial is not None else self._open_stage(state)
