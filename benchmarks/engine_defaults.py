@@ -19,15 +19,18 @@ models, the potential, the projection, prediction); callables are named by modul
 qualified name, so the record does not depend on memory addresses.
 
 Constants inside the method builders of :mod:`benchmarks.methods` (``popsize=20``, budget
-shares) are not signature defaults. They are guarded by fingerprints of the code instead:
-:func:`source_fingerprints` hashes the top-level code (functions, classes, constants,
-imports) of the modules in :data:`FINGERPRINTED_MODULES`, as ``ast.unparse`` writes them without docstrings (so
-comments, docstrings and formatting do not count). ``ast.unparse`` could write the same code
+shares) are not signature defaults, and the engines' own code is not a default at all. Both
+are guarded by fingerprints of the code instead: :func:`source_fingerprints` hashes the
+top-level code (functions, classes, constants, imports) of the modules in
+:data:`FINGERPRINTED_MODULES` (the method builders, the runner and every module of the
+packages that fit and score a cell: engines, models, backends, data, prediction and
+metrics), as ``ast.unparse`` writes them without docstrings (so comments, docstrings and
+formatting do not count). A changed fingerprint asks the same question as a changed
+default: if the change alters results, bump ``BENCHMARK_VERSION`` (or rerun the cells it
+affects); either way re-record. ``ast.unparse`` could write the same code
 differently under another Python version (3.11, 3.12 and 3.13 write ``benchmarks/methods.py``
 alike), so the record keeps the Python version, and a difference found under another one
-says so. The engines' own code is not fingerprinted:
-a change there that alters results needs a new :data:`~benchmarks.run.BENCHMARK_VERSION`
-or reruns of the cells it affects (records name their commit, ``code_revision``).
+says so.
 
 Examples
 --------
@@ -47,6 +50,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import pkgutil
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -58,6 +62,7 @@ __all__ = [
     "changed_defaults",
     "changed_sources",
     "current_defaults",
+    "fingerprinted_modules",
     "load_record",
     "load_sources",
     "python_version",
@@ -69,8 +74,23 @@ __all__ = [
 #: The recorded defaults (JSON: ``{"benchmark_version": int, "defaults": {requirement: {parameter: repr}},
 #: "python": "3.x", "sources": {"module:name": digest}}``).
 RECORD_PATH = Path(__file__).with_name("engine_defaults.json")
-#: Modules whose top-level code is fingerprinted (the method builders).
-FINGERPRINTED_MODULES = ("benchmarks.methods",)
+#: Modules whose top-level code is fingerprinted; a package stands for all of its modules
+#: (:func:`fingerprinted_modules`). What a cell's numbers depend on beyond its settings: the method
+#: builders, the runner's fit and evaluation, the engines, models, backends, data, prediction and metrics.
+FINGERPRINTED_MODULES = (
+    "benchmarks.methods",
+    "benchmarks.run",
+    "benchmarks.checkpoint",
+    "benchmarks.whitebox",
+    "bayesprompt.inference",
+    "bayesprompt.models",
+    "bayesprompt.lm",
+    "bayesprompt.data",
+    "bayesprompt.predict",
+    "bayesprompt.metrics",
+    "bayesprompt.uncertainty",
+    "bayesprompt.averaging",
+)
 
 
 def _stable_repr(value: Any) -> str:
@@ -143,9 +163,36 @@ def _without_docstrings(node: ast.AST) -> ast.AST:
     return node
 
 
-def source_fingerprints(modules: Iterable[str] = FINGERPRINTED_MODULES) -> dict[str, str]:
+def fingerprinted_modules(names: Iterable[str] = FINGERPRINTED_MODULES) -> list[str]:
+    """``names`` with every package replaced by itself and all of its modules, sorted.
+
+    Raises
+    ------
+    ValueError
+        If a name cannot be imported.
+
+    Examples
+    --------
+    >>> modules = fingerprinted_modules(["bayesprompt.inference.smc"])
+    >>> modules[0], "bayesprompt.inference.smc.abc" in modules
+    ('bayesprompt.inference.smc', True)
+    """
+    modules: set[str] = set()
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as err:
+            raise ValueError(f"cannot import {name} to fingerprint it ({err})") from err
+        modules.add(name)
+        if hasattr(module, "__path__"):  # a package
+            modules.update(info.name for info in pkgutil.walk_packages(module.__path__, f"{name}."))
+    return sorted(modules)
+
+
+def source_fingerprints(modules: Iterable[str] | None = None) -> dict[str, str]:
     """``{"module:name": digest}`` for the top-level code of ``modules``.
 
+    ``modules`` defaults to :func:`fingerprinted_modules` of :data:`FINGERPRINTED_MODULES`.
     Every function, class and constant gets its own entry; the imports share one
     (``module:<imports>``) and any other statement (a tuple assignment, an ``if`` block)
     another (``module:<other>``); only the module docstring is left out. The digest (12 hex
@@ -166,7 +213,7 @@ def source_fingerprints(modules: Iterable[str] = FINGERPRINTED_MODULES) -> dict[
     True
     """
     fingerprints: dict[str, str] = {}
-    for module_name in modules:
+    for module_name in fingerprinted_modules() if modules is None else modules:
         try:
             source = inspect.getsource(importlib.import_module(module_name))
         except (ImportError, OSError, TypeError) as err:

@@ -983,7 +983,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also write the overview table of the main grid's cached cells into PATH, between the lines "
                              "<!-- overview:begin --> and <!-- overview:end -->")
     parser.add_argument("--record-engine-defaults", action="store_true",
-                        help="record the engines' constructor defaults and the method builders' fingerprints under "
+                        help="record the engines' constructor defaults and the code fingerprints under "
                              "the current BENCHMARK_VERSION and exit")
     return parser.parse_args(argv)
 
@@ -996,9 +996,9 @@ def _requirements(registry: Mapping[str, MethodSpec]) -> list[str]:
 def engine_defaults_warnings(registry: Mapping[str, MethodSpec], record: str | Path = engine_defaults.RECORD_PATH) -> list[str]:
     """Why cached cells may be stale: engine defaults or version differ from ``record`` (empty: none).
 
-    Cell hashes do not cover the engines' constructor defaults nor the method builders' code;
+    Cell hashes do not cover the engines' constructor defaults nor the code (builders, engines);
     :mod:`benchmarks.engine_defaults` records them instead. Each changed default gives one
-    line, each changed builder one (noting a Python version other than the record's), and a
+    line, each changed fingerprinted definition one (noting a Python version other than the record's), and a
     record made under another :data:`BENCHMARK_VERSION` gives one.
     """
     version, recorded = engine_defaults.load_record(record)
@@ -1053,14 +1053,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         defaults = engine_defaults.current_defaults(_requirements(registry))
         sources = engine_defaults.source_fingerprints()
         path = engine_defaults.write_record(BENCHMARK_VERSION, defaults, engine_defaults.RECORD_PATH, sources)
-        print(f"recorded {len(defaults)} engines' defaults and {len(sources)} builders' fingerprints: {path}")
+        print(f"recorded {len(defaults)} engines' defaults and {len(sources)} code fingerprints: {path}")
         return 0
     try:
         stale = engine_defaults_warnings(registry)
     except ValueError as err:
         stale = [f"cannot check: {err}"]
     if stale:
-        print("warning: engine defaults or method builders differ from those the cached cells were computed with; "
+        print("warning: engine defaults or code differ from those the cached cells were computed with; "
               "if the change alters results, bump BENCHMARK_VERSION or rerun the cells it affects, then record "
               "with --record-engine-defaults:\n  " + "\n  ".join(stale),
               file=sys.stderr)

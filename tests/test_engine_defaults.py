@@ -87,14 +87,14 @@ def test_main_warns_about_stale_defaults(monkeypatch, capsys):
     monkeypatch.setattr("benchmarks.run.engine_defaults_warnings", lambda registry: ["x:Engine: alpha 1 -> 2"])
     assert main(["--config", "smoke", "--budgets", "0"]) == 2  # stops at the bad budget, after the warning
     err = capsys.readouterr().err
-    assert "warning: engine defaults or method builders differ" in err and "x:Engine: alpha 1 -> 2" in err
+    assert "warning: engine defaults or code differ" in err and "x:Engine: alpha 1 -> 2" in err
 
 
 def test_record_command_writes_the_current_defaults(monkeypatch, tmp_path, capsys):
     record = tmp_path / "engine_defaults.json"
     monkeypatch.setattr(engine_defaults, "RECORD_PATH", record)
     assert main(["--record-engine-defaults"]) == 0
-    assert f"builders' fingerprints: {record}" in capsys.readouterr().out
+    assert f"code fingerprints: {record}" in capsys.readouterr().out
     assert engine_defaults.load_record(record) == engine_defaults.load_record()  # the committed record is current
     assert engine_defaults.load_sources(record)[1] == engine_defaults.source_fingerprints()
 
@@ -133,11 +133,23 @@ def test_an_unreadable_module_is_named():
         engine_defaults.source_fingerprints(["no_such_module_xyz"])
 
 
-def test_the_record_fingerprints_the_method_builders():
+def test_the_record_fingerprints_the_method_builders_and_the_engines():
     python, sources = engine_defaults.load_sources()
     assert python is not None
     assert {"benchmarks.methods:_smc_engine", "benchmarks.methods:EKI_MDA_STEPS", "benchmarks.methods:<imports>"} <= set(sources)
+    # the engines' code, what fits and scores a cell, and the runner's evaluation
+    assert {"bayesprompt.inference.smc.abc:ABCSMC", "bayesprompt.inference.smc.tempered:TemperedSMC",
+            "bayesprompt.lm.sentence_encoder:SentenceEncoderBlackBox", "bayesprompt.predict:predict",
+            "bayesprompt.metrics:nll", "benchmarks.run:BENCHMARK_VERSION"} <= set(sources)
     assert engine_defaults.changed_sources(sources, engine_defaults.source_fingerprints()) == []
+
+
+def test_fingerprinted_packages_expand_to_their_modules():
+    modules = engine_defaults.fingerprinted_modules()
+    assert "bayesprompt.inference.kalman.eks" in modules and "bayesprompt.lm.precision" in modules
+    assert "bayesprompt.cli" not in modules and "bayesprompt.plotting" not in modules  # presentation only
+    with pytest.raises(ValueError, match="cannot import no_such_package_xyz"):
+        engine_defaults.fingerprinted_modules(["no_such_package_xyz"])
 
 
 def test_a_changed_builder_is_reported_and_another_python_noted(tmp_path):
