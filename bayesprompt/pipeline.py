@@ -33,6 +33,7 @@ from bayesprompt.data.task import UNLABELLED, Example, Task
 from bayesprompt.inference.base import Engine
 from bayesprompt.inference.empirical_bayes import DevCentre, fit_dev_centre
 from bayesprompt.inference.posterior import Posterior
+from bayesprompt.inference.selection import dev_accuracy_score
 from bayesprompt.lm import LabelOnly, Meter, load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.metrics import aurc, classification_report, ood_report, selective_prediction_report
@@ -511,19 +512,6 @@ def build_engine(
         raise ValueError(
             f"engine {config.engine!r} refuses engine_options {config.engine_options!r}: {err}"
         ) from err
-
-
-def dev_accuracy_score(potential: Potential, dev_batch: EncodedBatch) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``u -> dev accuracy + 1e-6 * dev log-likelihood`` (accuracy, ties broken by likelihood)."""
-
-    def score(u: torch.Tensor) -> torch.Tensor:
-        trace = potential.with_args(dev_batch).trace(u)
-        probs = trace.nodes["y"]["fn"].probs.reshape(u.shape[0], len(dev_batch), -1)
-        correct = (probs.argmax(-1) == dev_batch.labels).double().mean(-1)
-        log_lik = probs.gather(-1, dev_batch.labels.expand(u.shape[0], -1).unsqueeze(-1)).log().sum((-1, -2))
-        return correct + 1e-6 * log_lik.double()
-
-    return score
 
 
 def write_run(result: FitResult, directory: Path) -> None:

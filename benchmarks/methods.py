@@ -51,7 +51,7 @@ from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.models.potential import Potential
 from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel, lognormal_temperature_prior
-from bayesprompt.pipeline import dev_accuracy_score  # BBT's dev selection: accuracy, ties broken by likelihood
+from bayesprompt.inference.selection import dev_accuracy_score  # BBT's dev selection: accuracy, ties broken by likelihood
 from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
 from bayesprompt.runs import RunDirectory, StateCodec, atomic_write_text, config_digest, run_with_checkpoints
 
@@ -344,6 +344,24 @@ def prompt_predictor(backend: PromptBlackBox, prompts: torch.Tensor) -> Predicto
     return predictor
 
 
+def dev_vote_reserve(options: Mapping[str, Any], num_particles: int, max_prediction_samples: int) -> int:
+    """Calls a method keeps back from its engine's budget for fitting the vote smoothing on dev.
+
+    One per prediction sample for a label-only method with the option
+    ``vote_smoothing="dev"`` (``num_particles`` from ``options`` if set there), else 0.
+
+    Examples
+    --------
+    >>> dev_vote_reserve({"vote_smoothing": "dev"}, num_particles=32, max_prediction_samples=64)
+    32
+    >>> dev_vote_reserve({}, num_particles=32, max_prediction_samples=64)
+    0
+    """
+    if options.get("vote_smoothing") != "dev":
+        return 0
+    return min(int(options.get("num_particles", num_particles)), max_prediction_samples)
+
+
 def fit_engine(
     ctx: MethodContext,
     make_engine: Callable[[MethodContext, Potential], Engine],
@@ -358,12 +376,12 @@ def fit_engine(
     smoothing = options.pop("vote_smoothing", None)
     if smoothing not in (None, "dev") or (smoothing == "dev" and not likelihood_free):
         raise ValueError(f"option vote_smoothing must be 'dev' on a label-only method, got {smoothing!r}")
-    ctx = dataclasses.replace(ctx, options=options)
     reserve = 0
-    if smoothing == "dev" and ctx.budget is not None:
-        reserve = min(int(options.get("num_particles", ctx.num_particles)), ctx.max_prediction_samples)
+    if ctx.budget is not None:
+        reserve = dev_vote_reserve(ctx.options, ctx.num_particles, ctx.max_prediction_samples)
         if reserve >= ctx.budget:
             raise ValueError(f"budget {ctx.budget} leaves nothing after the {reserve} dev calls of vote_smoothing='dev'")
+    ctx = dataclasses.replace(ctx, options=options)
     potential = make_potential(ctx, likelihood_free)
     engine = make_engine(ctx, potential)
     ctx.meter.budget = None if ctx.meter.budget is None else ctx.meter.budget - reserve

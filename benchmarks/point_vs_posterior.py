@@ -48,7 +48,7 @@ from bayesprompt.inference.smc import TemperedSMC
 from bayesprompt.lm import Meter
 from bayesprompt.metrics import classification_report
 from bayesprompt.models import Potential, PromptModel
-from bayesprompt.pipeline import dev_accuracy_score
+from bayesprompt.inference.selection import dev_accuracy_score
 from bayesprompt.predict import predict
 
 __all__ = ["Row", "compare", "format_table", "main"]

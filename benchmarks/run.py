@@ -54,8 +54,8 @@ from benchmarks import engine_defaults
 from benchmarks.checkpoint import STEP_CHECKPOINTS, load_fit, save_fit
 from benchmarks.report import BEFORE_RESUME, OF_FIT
 from benchmarks.methods import (
-    SHARED_REQUIREMENTS, MethodContext, MethodOutcome, MethodSpec, availability, default_registry, effective_budget,
-    fit_bucket_in_effect,
+    SHARED_REQUIREMENTS, MethodContext, MethodOutcome, MethodSpec, availability, default_registry, dev_vote_reserve,
+    effective_budget, fit_bucket_in_effect,
 )
 from bayesprompt.data import TASKS, balanced_subsample, few_shot_split, get_task, load_jsonl, load_split, split_path
 from bayesprompt.data.task import Example, Task
@@ -683,12 +683,14 @@ class CellCache:
                 records.append(record)
         return records
 
-    def lookup(self, cell: Cell, digest: str, spec: MethodSpec) -> tuple[dict[str, Any] | None, str | None]:
+    def lookup(
+        self, cell: Cell, digest: str, spec: MethodSpec, reserved_calls: int = 0
+    ) -> tuple[dict[str, Any] | None, str | None]:
         """``(record, "cached")``, ``(record, "reused")`` (:func:`reusable_record`, not saved) or ``(None, None)``."""
         cached = self.load(cell, digest)
         if cached is not None:
             return cached, "cached"
-        reused = reusable_record(cell, spec, self.siblings(cell, digest))
+        reused = reusable_record(cell, spec, self.siblings(cell, digest), reserved_calls)
         return (reused, "reused") if reused is not None else (None, None)
 
     def save(self, record: dict[str, Any], cell: Cell, digest: str) -> None:
@@ -700,7 +702,14 @@ class CellCache:
         tmp.replace(path)
 
 
-def reusable_record(cell: Cell, spec: MethodSpec, siblings: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def reserved_calls(config: BenchmarkConfig, cell: Cell) -> int:
+    """Calls ``cell``'s method keeps back from its engine's budget (:func:`~benchmarks.methods.dev_vote_reserve`)."""
+    return dev_vote_reserve(config.options_for(cell.method), config.num_particles, config.max_prediction_samples)
+
+
+def reusable_record(
+    cell: Cell, spec: MethodSpec, siblings: Sequence[Mapping[str, Any]], reserved_calls: int = 0
+) -> dict[str, Any] | None:
     """A sibling's record that is also ``cell``'s result, relabelled with ``cell.budget``; else ``None``.
 
     A :attr:`~benchmarks.methods.MethodSpec.budget_free` method that stopped for its own
@@ -711,6 +720,12 @@ def reusable_record(cell: Cell, spec: MethodSpec, siblings: Sequence[Mapping[str
     copy keeps the sibling's numbers and timings and names the budget it was run under
     in ``"reused_from_budget"``.
 
+    A method that keeps ``reserved_calls`` back from its engine's budget
+    (:func:`~benchmarks.methods.dev_vote_reserve`) and may spend fewer of them ran its
+    engine under ``budget - reserved_calls``; its record is reused only where
+    ``c + reserved_calls`` fits, which bounds the engine's calls without knowing how many
+    of the ``c`` went to the reserve.
+
     Examples
     --------
     >>> from benchmarks.methods import default_registry
@@ -720,13 +735,16 @@ def reusable_record(cell: Cell, spec: MethodSpec, siblings: Sequence[Mapping[str
     2000
     >>> reusable_record(Cell("sst2", "smc", 0, 500), smc, [ran]) is None  # 576 calls do not fit in 500
     True
+    >>> reusable_record(Cell("sst2", "smc", 0, 600), smc, [ran], reserved_calls=32) is None  # 576 + 32 > 600
+    True
     """
     if not spec.budget_free or cell.budget is None:
         return None
     for record in siblings:
         stopped_by_budget = record.get("engine_status") in ("budget_exhausted", "running")
         calls = record.get("api_calls")
-        if not stopped_by_budget and isinstance(calls, int) and calls <= cell.budget and record.get("budget") is not None:
+        fits = isinstance(calls, int) and calls + reserved_calls <= cell.budget
+        if not stopped_by_budget and fits and record.get("budget") is not None:
             origin = record.get("reused_from_budget", record["budget"])
             return {**record, "budget": cell.budget, "reused_from_budget": origin}
     return None
@@ -799,7 +817,7 @@ def run_suite(
         spec = registry[cell.method]
         digest = cell_hash(config, cell)
         base = _base_record(config, cell, spec, digest, revision)
-        found, how = cache.lookup(cell, digest, spec)
+        found, how = cache.lookup(cell, digest, spec, reserved_calls(config, cell))
         if how == "cached":
             result.cache_hits += 1
             result.records.append(found)
@@ -861,7 +879,8 @@ def cached_main_records(config: BenchmarkConfig, cells: str | Path, registry: Ma
     """
     registry = dict(default_registry() if registry is None else registry)
     cache = CellCache(cells)
-    found = (cache.lookup(cell, cell_hash(config, cell), registry[cell.method]) for cell in main_cells(config, registry))
+    found = (cache.lookup(cell, cell_hash(config, cell), registry[cell.method], reserved_calls(config, cell))
+             for cell in main_cells(config, registry))
     return [record for record, _ in found if record is not None]
 
 

@@ -28,8 +28,8 @@ from benchmarks.report import (  # noqa: E402
     format_mean_sd, markdown_report, markdown_table, overview_table, plot_budget_sweep, replace_between_markers,
 )
 from benchmarks.run import (  # noqa: E402
-    BenchmarkConfig, Cell, cached_main_records, cell_hash, code_revision, config_from_args, main, main_cells, parse_args, preset, run_suite,
-    sweep_cells, write_overview,
+    BenchmarkConfig, Cell, cached_main_records, cell_hash, code_revision, config_from_args, main, main_cells, parse_args, preset,
+    reserved_calls, reusable_record, run_suite, sweep_cells, write_overview,
 )
 from benchmarks.throughput import measure, write_throughput  # noqa: E402
 from benchmarks.whitebox import WhiteBoxConfig, differentiable_scores, train_prompt  # noqa: E402
@@ -157,6 +157,16 @@ def test_a_budget_free_run_that_stopped_by_itself_serves_every_budget_it_fits(tm
     # a budget below the calls the run used is not the same run
     tight = run_suite(dataclasses.replace(config, methods=("smc",), budgets=(used["smc"] - 1,)), tmp_path / "suite", log=None)
     assert (tight.reused, tight.ran) == (0, 1)
+
+
+def test_calls_kept_back_for_dev_votes_must_fit_the_budget_of_a_reused_record_too():
+    """abc-smc runs its engine under budget - 32 (dev votes), and may spend fewer than 32 on the votes."""
+    config, spec = preset("full"), default_registry()["abc-smc"]
+    assert reserved_calls(config, Cell("sst2", "abc-smc", 0, 1000)) == 32
+    assert reserved_calls(config, Cell("sst2", "smc", 0, 1000)) == 0 and reserved_calls(config, Cell("sst2", "bbt", 0, 1000)) == 0
+    stalled = {"budget": 2000, "engine_status": "stalled", "api_calls": 990, "status": "ok"}  # e.g. 970 engine + 20 votes
+    assert reusable_record(Cell("sst2", "abc-smc", 0, 1000), spec, [stalled], reserved_calls=32) is None  # 990 + 32 > 1000
+    assert reusable_record(Cell("sst2", "abc-smc", 0, 1022), spec, [stalled], reserved_calls=32)["reused_from_budget"] == 2000
 
 
 def test_a_cell_killed_during_evaluation_resumes_from_its_fit(tmp_path, data_dir, monkeypatch):
