@@ -35,7 +35,7 @@ Root attributes hold ``engine``, ``status``, ``num_chains``, ``num_samples``,
 ``Posterior.api_calls`` as ``summary.<key>`` / ``api_calls.<key>``.
 
 :func:`summarize` gives convergence diagnostics: rank-normalised split R-hat and bulk and
-tail ESS from ``arviz_stats`` for MCMC output (``num_chains >= 2``), the Kish ESS of the
+tail ESS from ``arviz_stats`` for MCMC output (``Posterior.mcmc``, one chain included), the Kish ESS of the
 weights otherwise.
 
 Examples
@@ -179,9 +179,11 @@ def predictive_datatree(
 def summarize(posterior: Posterior) -> dict[str, Any]:
     """Convergence and sample-size diagnostics of a posterior.
 
-    For MCMC output (``num_chains >= 2``): ``arviz_stats`` rank-normalised split R-hat
-    and bulk/tail ESS of every latent site (arrays of the site's event shape; the
-    weights are ignored), and their worst values ignoring NaN. Components whose draws
+    For MCMC output (``posterior.mcmc``, or ``num_chains >= 2``; a single chain
+    included): ``arviz_stats`` rank-normalised split R-hat and bulk/tail ESS of every
+    latent site (arrays of the site's event shape; the weights are ignored), and their
+    worst values ignoring NaN. The draws' autocorrelation counts: one chain of ``S``
+    correlated draws has a bulk ESS well below ``S``. Components whose draws
     are all equal get NaN (undefined), without a warning. Otherwise (weighted particles): the
     Kish ESS ``1 / Σ w_i²`` of the weights.
 
@@ -200,7 +202,7 @@ def summarize(posterior: Posterior) -> dict[str, Any]:
     >>> summary["method"], round(summary["ess"], 6), summary["ess_fraction"]
     ('importance', 3.0, 0.75)
     """
-    if posterior.num_chains < 2:
+    if not posterior.mcmc and posterior.num_chains < 2:
         ess = posterior.ess
         size = posterior.num_samples
         return {"method": "importance", "num_samples": size, "ess": ess, "ess_fraction": ess / size}

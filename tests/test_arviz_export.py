@@ -181,6 +181,24 @@ def _posterior_from_chains(values):
     return Posterior({"z": values.reshape(chains * draws, -1)}, torch.zeros(chains * draws), num_chains=chains)
 
 
+def test_summarize_one_autocorrelated_chain_counts_its_autocorrelation(tmp_path):
+    """An AR(1) chain with rho = 0.9 holds about S (1 - rho) / (1 + rho) = S / 19 independent draws."""
+    g = torch.Generator().manual_seed(0)
+    draws, rho = 4000, 0.9
+    x = torch.zeros(draws, 2, dtype=torch.float64)
+    noise = torch.randn(draws, 2, generator=g, dtype=torch.float64) * math.sqrt(1 - rho**2)
+    for t in range(1, draws):
+        x[t] = rho * x[t - 1] + noise[t]
+    chain = Posterior({"z": x}, torch.zeros(draws), engine="rw-mcmc", mcmc=True)
+    summary = summarize(chain)
+    assert summary["method"] == "mcmc" and summary["num_chains"] == 1 and summary["num_draws"] == draws
+    expected = draws * (1 - rho) / (1 + rho)  # 211; the estimate's spread at this length is about 15%
+    assert 0.6 * expected < summary["min_ess_bulk"] < 1.4 * expected
+    assert summarize(Posterior({"z": x}, torch.zeros(draws)))["ess"] == pytest.approx(draws)  # particles: Kish
+    chain.save(tmp_path)
+    assert Posterior.load(tmp_path).mcmc and not chain.subsample(10).mcmc  # thinned for prediction: no chain
+
+
 def test_summarize_weighted_particles_uses_kish_ess():
     weights = torch.tensor([0.5, 0.25, 0.25, 0.0])
     summary = summarize(Posterior({"z": torch.randn(4)}, weights.log()))

@@ -155,7 +155,7 @@ def test_ensemble_recovers_linear_gaussian_posterior():
     moves = [("stretch", 0.8), ("de", 0.2)]
     sampler = EnsembleSampler(num_iterations=400, num_walkers=64, burn_in=100, moves=moves)
     post = run(sampler, Potential(problem.model), seed=0, progress=False)
-    assert post.status == "finished" and post.num_chains == 64 and post.num_samples == 64 * 300
+    assert post.status == "finished" and post.num_chains == 64 and post.mcmc and post.num_samples == 64 * 300
     assert torch.allclose(post.log_weights, torch.full((64 * 300,), -math.log(64 * 300), dtype=torch.float64))
     chains = chains_of(post)
     mean_z, cov_z = moment_errors(chains, problem.posterior_mean(), problem.posterior_cov())
@@ -290,7 +290,7 @@ def test_random_walk_recovers_linear_gaussian_posterior():
     problem = LinearGaussian.random(dim=2, num_obs=5, seed=0)
     sampler = PyroRandomWalk(num_samples=2000, warmup_steps=300, num_chains=2, init_step_size=0.3)
     post = sampler.run(Potential(problem.model), seed=0, progress=False)
-    assert post.status == "finished" and post.engine == "rw-mcmc" and post.num_chains == 2
+    assert post.status == "finished" and post.engine == "rw-mcmc" and post.num_chains == 2 and post.mcmc
     mean_z, cov_z = moment_errors(chains_of(post), problem.posterior_mean(), problem.posterior_cov())
     assert mean_z.abs().max() < K and cov_z.abs().max() < K, (mean_z, cov_z)
     summary = post.summary

@@ -65,6 +65,11 @@ class Posterior:
     num_chains : int
         For MCMC output: samples are stored chain-major, ``S = num_chains * draws``
         (``samples[site].reshape(num_chains, draws, ...)``). 1 for particle engines.
+    mcmc : bool
+        The samples are Markov chains (``num_chains`` of them, one included), so their
+        autocorrelation matters for effective sample sizes
+        (:func:`bayesprompt.arviz.summarize`); ``False`` for independent weighted
+        particles. Resampled and thinned copies are not chains.
 
     Examples
     --------
@@ -81,6 +86,7 @@ class Posterior:
     engine: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     num_chains: int = 1
+    mcmc: bool = False
 
     def __post_init__(self) -> None:
         if not self.samples:
@@ -156,7 +162,11 @@ class Posterior:
             return self.resample(max_samples, torch.Generator().manual_seed(int(seed)))
         index = torch.linspace(0, size - 1, max_samples).round().long()
         return dataclasses.replace(
-            self, samples={k: v[index] for k, v in self.samples.items()}, log_weights=torch.zeros(max_samples), num_chains=1
+            self,
+            samples={k: v[index] for k, v in self.samples.items()},
+            log_weights=torch.zeros(max_samples),
+            num_chains=1,
+            mcmc=False,
         )
 
     # ------------------------------------------------------------------ persistence
@@ -177,6 +187,7 @@ class Posterior:
             "summary": _jsonable(self.summary),
             "diagnostics": _jsonable(self.diagnostics),
             "num_chains": self.num_chains,
+            "mcmc": self.mcmc,
         }
         atomic_write_text(directory / "posterior.json", json.dumps(meta, indent=1))
 
@@ -216,6 +227,7 @@ class Posterior:
             meta.get("engine", ""),
             meta.get("summary", {}),
             int(meta.get("num_chains", 1)),
+            bool(meta.get("mcmc", int(meta.get("num_chains", 1)) > 1)),  # files before the flag: chains if several
         )
 
 

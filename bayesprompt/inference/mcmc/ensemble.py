@@ -359,6 +359,7 @@ class EnsembleSampler(Engine[EnsembleState]):
             engine=self.name,
             summary=self._summary(state, chains),
             num_chains=num_walkers,
+            mcmc=True,
         )
 
     # ------------------------------------------------------------------ internals

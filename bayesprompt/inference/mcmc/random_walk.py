@@ -361,6 +361,7 @@ class PyroRandomWalk(Engine[RandomWalkState]):
             torch.zeros(num_chains * length, dtype=torch.float64),
             engine=self.name,
             num_chains=num_chains,
+            mcmc=True,
         )
         post.summary = self._summary(kept, length, sum(c.num_draws for c in chains))
         return post
