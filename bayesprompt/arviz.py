@@ -112,6 +112,8 @@ def to_datatree(
     >>> sorted(tree.children), dict(tree["posterior_predictive"]["probs"].sizes)
     (['observed_data', 'posterior', 'posterior_predictive'], {'chain': 1, 'draw': 10, 'example': 5, 'class': 3})
     """
+    if label_var == "probs":
+        raise ValueError("label_var must not be 'probs': the posterior_predictive group holds the class probabilities there")
     generator = torch.Generator().manual_seed(seed)
     index, chains = _draw_index(posterior, resample, num_draws, generator)
     shape = (chains, index.shape[0] // chains)
@@ -227,7 +229,8 @@ def summarize(posterior: Posterior) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- helpers
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().cpu().numpy()
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor).numpy()  # numpy has no bf16
 
 
 def _extreme(per_site: Mapping[str, np.ndarray], reduce) -> float:
@@ -249,6 +252,8 @@ def _draw_index(
             f"resample=True is for weighted particle posteriors; this one has {posterior.num_chains} "
             "MCMC chains, whose draws are already equally weighted"
         )
+    if num_draws is not None and (isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1):
+        raise ValueError(f"num_draws must be a positive int or None (the posterior's size), got {num_draws!r}")
     return systematic(posterior.log_weights, num_draws or posterior.num_samples, generator), 1
 
 

@@ -123,10 +123,14 @@ def _build_ensemble_mcmc(config: "FitConfig", potential: Potential, train: Encod
     return EnsembleSampler(num_walkers=walkers, **options)
 
 
+#: Calls kept for the queries of Pyro's MCMC set-up out of rw-mcmc's budget.
+RW_SETUP_CALLS = 8
+
+
 def _build_rw_mcmc(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch):
     from bayesprompt.inference.mcmc import PyroRandomWalk
 
-    steps = config.engine_budget - 8 if config.engine_budget is not None else 2000  # Pyro's set-up spends a few queries
+    steps = config.engine_budget - RW_SETUP_CALLS if config.engine_budget is not None else 2000  # >= 2: FitConfig
     options = {"warmup_steps": steps // 2, "num_samples": steps - steps // 2, **config.engine_options}
     return PyroRandomWalk(**options)
 
@@ -143,6 +147,14 @@ def _build_cma_elbo(config: "FitConfig", potential: Potential, train: EncodedBat
 
     options = {"popsize": config.num_particles, **config.engine_options}
     return CMAELBO(dev_score=dev_accuracy_score(potential, dev), **options)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _iterations_for_budget(config: "FitConfig", calls_per_iteration: int, default: int) -> int:
@@ -265,21 +277,22 @@ class FitConfig:
     def __post_init__(self) -> None:
         if self.engine not in ENGINE_BUILDERS:
             raise ValueError(f"engine must be one of {tuple(ENGINE_BUILDERS)}, got {self.engine!r}")
-        if self.budget is not None and self.budget < 1:
-            raise ValueError(f"budget must be a positive number of API calls, got {self.budget}")
-        for name in ("k", "dev_k", "n_tokens", "intrinsic_dim", "num_particles"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.prior_scale <= 0:
-            raise ValueError(f"prior_scale must be > 0, got {self.prior_scale}")
-        if self.test_size is not None and self.test_size < 1:
-            raise ValueError(f"test_size must be >= 1 or None, got {self.test_size}")
-        if self.vote_smoothing != "dev" and not (
-            isinstance(self.vote_smoothing, int | float) and self.vote_smoothing >= 0
-        ):
-            raise ValueError(f"vote_smoothing must be a number >= 0 or 'dev', got {self.vote_smoothing!r}")
+        for name in ("budget", "k", "dev_k", "n_tokens", "intrinsic_dim", "num_particles", "test_size"):
+            value = getattr(self, name)
+            optional = name in ("budget", "test_size")
+            if not (optional and value is None) and not (_is_int(value) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1{' or None' if optional else ''}, got {value!r}")
+        if not (_is_number(self.prior_scale) and 0 < self.prior_scale < math.inf):
+            raise ValueError(f"prior_scale must be a finite number > 0, got {self.prior_scale!r}")
+        if self.vote_smoothing != "dev" and not (_is_number(self.vote_smoothing) and 0 <= self.vote_smoothing < math.inf):
+            raise ValueError(f"vote_smoothing must be a finite number >= 0 or 'dev', got {self.vote_smoothing!r}")
         self._check_prior_centre()
         self._check_temperature()
+        if self.engine == "rw-mcmc" and self.engine_budget is not None and self.engine_budget < RW_SETUP_CALLS + 2:
+            raise ValueError(
+                f"budget {self.budget} leaves {self.engine_budget} calls for rw-mcmc, which needs at least "
+                f"{RW_SETUP_CALLS + 2} ({RW_SETUP_CALLS} for Pyro's set-up, one warm-up step and one sample)"
+            )
         if self.dev_reserve and self.budget is not None and self.budget <= self.dev_reserve:
             raise ValueError(
                 f"budget {self.budget} leaves no calls for inference after the {self.dev_reserve} dev calls of "

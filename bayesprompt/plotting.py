@@ -82,7 +82,8 @@ def plot_pav_reliability(
 
     Examples
     --------
-    >>> pred = EnsemblePredictions(torch.rand(4, 50, 1).repeat(1, 1, 2), torch.full((4,), 0.25), torch.zeros(50))
+    >>> p = torch.rand(4, 50, 1)  # each sample's probability of class 1
+    >>> pred = EnsemblePredictions(torch.cat([1 - p, p], -1), torch.full((4,), 0.25), torch.randint(0, 2, (50,)))
     >>> plot_pav_reliability(pred, "pav.png")  # doctest: +SKIP
     PosixPath('pav.png')
     """
@@ -203,6 +204,9 @@ def plot_uncertainty_histogram(
     PosixPath('hist.png')
     """
     inside, outside = metrics._vector(in_scores, "in_scores"), metrics._vector(ood_scores, "ood_scores")
+    for label, values in (("in_scores", inside), ("ood_scores", outside)):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{label} must be finite to be binned into a histogram")
     edges = np.histogram_bin_edges(np.r_[inside, outside], bins=bins)
     figure = Figure(figsize=(5.5, 4))
     axes = figure.subplots()

@@ -101,6 +101,21 @@ def test_export_errors():
         to_datatree(post, EnsemblePredictions(torch.full((15, 2, 2), 0.5), wrong / wrong.sum(), torch.zeros(2)))
     with pytest.raises(ValueError, match="3 observed labels for 6"):
         to_datatree(post, _predictions(post), observed_labels=torch.zeros(3))
+    with pytest.raises(ValueError, match="label_var must not be 'probs'"):
+        to_datatree(post, _predictions(post), label_var="probs")
+    particles = Posterior({"z": torch.randn(4, 2)}, torch.zeros(4))
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="num_draws must be a positive int or None"):
+            to_datatree(particles, resample=True, num_draws=bad)
+
+
+def test_bf16_predictions_are_exported_as_float32():
+    post = _mcmc()
+    predictions = _predictions(post)
+    half = EnsemblePredictions(predictions.probs.bfloat16(), predictions.weights, predictions.labels)
+    probs = to_datatree(post, half)["posterior_predictive"]["probs"]
+    assert probs.dtype == np.float32
+    np.testing.assert_array_equal(probs.values.reshape(15, 6, 3), predictions.probs.bfloat16().float().numpy())
 
 
 def test_engine_stats_group_and_root_attrs(tmp_path):

@@ -7,6 +7,7 @@ pipeline's backend is swapped for it by the ``fake_backend`` fixture (conftest).
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -118,7 +119,14 @@ def test_resume_reads_the_centre_and_refuses_a_missing_one(tmp_path, fake_backen
         ({"engine": "abc-smc"}, "likelihood-free"),
         ({"budget": None}, "needs a budget"),
         ({"budget": 30}, "less than one CMA-ES population"),
-        ({"prior_scale": 0.0}, "prior_scale must be > 0"),
+        ({"prior_scale": 0.0}, "prior_scale must be a finite number > 0"),
+        ({"prior_scale": math.nan}, "prior_scale must be a finite number > 0, got nan"),
+        ({"prior_scale": math.inf}, "prior_scale must be a finite number > 0, got inf"),
+        ({"vote_smoothing": True}, "vote_smoothing must be a finite number >= 0 or 'dev', got True"),
+        ({"vote_smoothing": math.inf}, "vote_smoothing must be a finite number >= 0 or 'dev'"),
+        ({"budget": 2.5}, r"budget must be an integer >= 1 or None, got 2.5"),
+        ({"test_size": 2.5}, r"test_size must be an integer >= 1 or None, got 2.5"),
+        ({"k": True}, "k must be an integer >= 1, got True"),
     ],
 )
 def test_config_rejects_bad_prior_centre_settings(overrides, message):

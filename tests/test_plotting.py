@@ -66,3 +66,5 @@ def test_risk_coverage_and_uncertainty_histogram(tmp_path):
     _assert_png(plotting.plot_uncertainty_histogram(np.zeros(5), np.zeros(5), tmp_path / "flat.png"), min_bytes=5_000)
     with pytest.raises(ValueError, match="no scores"):
         plotting.plot_risk_coverage({}, correct, tmp_path / "none.png")
+    with pytest.raises(ValueError, match="ood_scores must be finite"):
+        plotting.plot_uncertainty_histogram(np.zeros(5), np.array([0.1, np.inf]), tmp_path / "inf.png")
