@@ -83,7 +83,8 @@ def mix_ensembles(ensembles: Sequence[EnsemblePredictions], model_probabilities:
     """One ensemble holding every model's samples, weighted by ``p(M_k | y) * w_ks``.
 
     Its mean is ``sum_k p(M_k | y) * ensembles[k].mean()``: the model-averaged predictive.
-    Each ensemble's weights are normalised first. (With vote smoothing,
+    Each ensemble's weights are normalised first; an ensemble of probability 0 is left
+    out, as in :func:`mix_posteriors`. (With vote smoothing,
     ``mean(dirichlet_alpha > 0)`` of the mixture is not the average of the smoothed means,
     since the number of samples changes; the averages of score-based runs are exact.)
 
@@ -111,9 +112,10 @@ def mix_ensembles(ensembles: Sequence[EnsemblePredictions], model_probabilities:
             )
         if not torch.equal(other.labels, first.labels):
             raise ValueError(f"ensemble {index} has other labels than ensemble 0: they must predict the same examples")
-    dtype = _common_dtype(e.probs for e in ensembles)
-    probs = torch.cat([e.probs.to(dtype) for e in ensembles])
-    sample_weights = torch.cat([e.weights.double() / e.weights.double().sum() * float(w) for e, w in zip(ensembles, weights)])
+    kept = [(ensemble, float(w)) for ensemble, w in zip(ensembles, weights) if w > 0]  # as mix_posteriors does
+    dtype = _common_dtype(e.probs for e, _ in kept)
+    probs = torch.cat([e.probs.to(dtype) for e, _ in kept])
+    sample_weights = torch.cat([e.weights.double() / e.weights.double().sum() * w for e, w in kept])
     return EnsemblePredictions(probs, sample_weights / sample_weights.sum(), first.labels)
 
 

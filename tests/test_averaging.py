@@ -69,7 +69,10 @@ def test_mixture_is_the_model_average_of_means_and_of_expected_entropies():
     )
     entropy = torch.special.entr(0.3 * a.mean() + 0.7 * b.mean()).sum(-1)
     torch.testing.assert_close(scores["predictive_entropy"], entropy)
-    torch.testing.assert_close(mix_ensembles([a, b], [1.0, 0.0]).mean(), a.mean())
+    alone = mix_ensembles([a, b], [1.0, 0.0])
+    torch.testing.assert_close(alone.mean(), a.mean())
+    assert alone.probs.shape[0] == a.probs.shape[0]  # the zero-probability model's samples are left out
+    torch.testing.assert_close(alone.mean(1.0), a.mean(1.0))  # so the vote smoothing sees a's samples only
     unnormalised = EnsemblePredictions(a.probs, a.weights * 7.0, a.labels)  # each ensemble is normalised first
     torch.testing.assert_close(mix_ensembles([unnormalised, b], [0.3, 0.7]).mean(), mixed.mean())
     single = EnsemblePredictions(b.probs.float(), b.weights.float(), b.labels)
