@@ -35,7 +35,7 @@ Root attributes hold ``engine``, ``status``, ``num_chains``, ``num_samples``,
 ``Posterior.api_calls`` as ``summary.<key>`` / ``api_calls.<key>``.
 
 :func:`summarize` gives convergence diagnostics: rank-normalised split R-hat and bulk and
-tail ESS from ``arviz_stats`` for MCMC output (``Posterior.mcmc``, one chain included), the Kish ESS of the
+tail ESS from ``arviz_stats`` for MCMC output (``Posterior.mcmc``; ESS for one chain too, R-hat from two), the Kish ESS of the
 weights otherwise.
 
 Examples
@@ -185,7 +185,8 @@ def summarize(posterior: Posterior) -> dict[str, Any]:
     included): ``arviz_stats`` rank-normalised split R-hat and bulk/tail ESS of every
     latent site (arrays of the site's event shape; the weights are ignored), and their
     worst values ignoring NaN. The draws' autocorrelation counts: one chain of ``S``
-    correlated draws has a bulk ESS well below ``S``. Components whose draws
+    correlated draws has a bulk ESS well below ``S``. R-hat compares chains, so it is NaN
+    for a single chain (``arviz_stats`` needs two; Pyro's random walk runs one by default). Components whose draws
     are all equal get NaN (undefined), without a warning. Otherwise (weighted particles): the
     Kish ESS ``1 / Σ w_i²`` of the weights.
 

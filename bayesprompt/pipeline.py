@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import torch
 
 from bayesprompt.data import balanced_subsample, examples_fingerprint, few_shot_split, get_task, load_jsonl, load_split
@@ -130,7 +132,7 @@ RW_SETUP_CALLS = 8
 def _build_rw_mcmc(config: "FitConfig", potential: Potential, train: EncodedBatch, dev: EncodedBatch):
     from bayesprompt.inference.mcmc import PyroRandomWalk
 
-    steps = config.engine_budget - RW_SETUP_CALLS if config.engine_budget is not None else 2000  # >= 2: FitConfig
+    steps = config.engine_budget - RW_SETUP_CALLS if config.engine_budget is not None else 2000  # >= 1: FitConfig
     options = {"warmup_steps": steps // 2, "num_samples": steps - steps // 2, **config.engine_options}
     return PyroRandomWalk(**options)
 
@@ -150,11 +152,13 @@ def _build_cma_elbo(config: "FitConfig", potential: Potential, train: EncodedBat
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (numpy's included), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A real number (numpy's included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
 
 def _iterations_for_budget(config: "FitConfig", calls_per_iteration: int, default: int) -> int:
@@ -288,10 +292,11 @@ class FitConfig:
             raise ValueError(f"vote_smoothing must be a finite number >= 0 or 'dev', got {self.vote_smoothing!r}")
         self._check_prior_centre()
         self._check_temperature()
-        if self.engine == "rw-mcmc" and self.engine_budget is not None and self.engine_budget < RW_SETUP_CALLS + 2:
+        rw_sized_by_budget = self.engine == "rw-mcmc" and "num_samples" not in self.engine_options
+        if rw_sized_by_budget and self.engine_budget is not None and self.engine_budget < RW_SETUP_CALLS + 1:
             raise ValueError(
                 f"budget {self.budget} leaves {self.engine_budget} calls for rw-mcmc, which needs at least "
-                f"{RW_SETUP_CALLS + 2} ({RW_SETUP_CALLS} for Pyro's set-up, one warm-up step and one sample)"
+                f"{RW_SETUP_CALLS + 1} ({RW_SETUP_CALLS} kept for Pyro's set-up and one sample)"
             )
         if self.dev_reserve and self.budget is not None and self.budget <= self.dev_reserve:
             raise ValueError(

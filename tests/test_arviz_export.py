@@ -209,6 +209,7 @@ def test_summarize_one_autocorrelated_chain_counts_its_autocorrelation(tmp_path)
     assert summary["method"] == "mcmc" and summary["num_chains"] == 1 and summary["num_draws"] == draws
     expected = draws * (1 - rho) / (1 + rho)  # 211; the estimate's spread at this length is about 15%
     assert 0.6 * expected < summary["min_ess_bulk"] < 1.4 * expected
+    assert math.isnan(summary["max_rhat"])  # R-hat needs two chains
     assert summarize(Posterior({"z": x}, torch.zeros(draws)))["ess"] == pytest.approx(draws)  # particles: Kish
     chain.save(tmp_path)
     assert Posterior.load(tmp_path).mcmc and not chain.subsample(10).mcmc  # thinned for prediction: no chain

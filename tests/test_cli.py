@@ -87,7 +87,7 @@ def test_the_parser_and_the_engines_load_without_transformers():
 def test_bad_inputs_exit_2(tmp_path, capsys):
     assert "--option expects KEY=VALUE" in _error(capsys, ["fit", "--option", "oops", "--quiet"])
     assert "budget must be an integer >= 1" in _error(capsys, ["fit", "--budget", "0", "--quiet"])
-    assert "needs at least 10" in _error(capsys, ["fit", "--engine", "rw-mcmc", "--budget", "5", "--quiet"])
+    assert "needs at least 9" in _error(capsys, ["fit", "--engine", "rw-mcmc", "--budget", "8", "--quiet"])
     assert "no such run directory" in _error(capsys, ["evaluate", str(tmp_path / "missing")])
     assert "config.json: not a run directory" in _error(capsys, ["plot", str(tmp_path)])
     assert "unknown task 'mnist'" in _error(capsys, ["evaluate", str(tmp_path), "--ood", "mnist"])

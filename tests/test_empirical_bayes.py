@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,11 +128,22 @@ def test_resume_reads_the_centre_and_refuses_a_missing_one(tmp_path, fake_backen
         ({"budget": 2.5}, r"budget must be an integer >= 1 or None, got 2.5"),
         ({"test_size": 2.5}, r"test_size must be an integer >= 1 or None, got 2.5"),
         ({"k": True}, "k must be an integer >= 1, got True"),
+        ({"prior_scale": np.bool_(True)}, "prior_scale must be a finite number > 0"),
     ],
 )
 def test_config_rejects_bad_prior_centre_settings(overrides, message):
     with pytest.raises(ValueError, match=message):
         pipeline.FitConfig(**{**BASE, **overrides})
+
+
+def test_config_takes_numpy_numbers_and_the_smallest_rw_mcmc_budget():
+    config = pipeline.FitConfig(**{**BASE, "budget": np.int64(300), "k": np.int64(4), "prior_scale": np.float32(2.0)})
+    assert config.budget == 300 and config.prior_scale == 2.0
+    smallest = dict(task="sst2", engine="rw-mcmc", vote_smoothing=1.0, prior_centre="zero")
+    assert pipeline.FitConfig(**smallest, budget=9).engine_budget == 9  # 8 for Pyro's set-up and one sample
+    with pytest.raises(ValueError, match="needs at least 9"):
+        pipeline.FitConfig(**smallest, budget=8)
+    pipeline.FitConfig(**smallest, budget=8, engine_options={"num_samples": 1, "warmup_steps": 0})  # sized by hand
 
 
 def test_engine_budget_leaves_the_dev_stage_out():
