@@ -8,11 +8,14 @@
 #   benchmarks/lane.sh done OUT...                          # copy new "ok" records in, drop their parked fits
 #
 # `run` seeds OUT/cells with the committed records (so finished cells are not rerun) and with
-# any parked fit (so an unfinished cell continues from its last engine step), then runs
+# the parked fits of its own cells (so an unfinished cell continues from its last engine
+# step; other cells' fits stay out, so a lane never parks a stale copy of them), then runs
 # `python -m benchmarks.run` with one thread and bf16, as the committed cells were made.
 # A scratch OUT keeps the committed results.md and results.json from being rewritten
 # with the lane's one-cell selection. Parked fits larger than BAYESPROMPT_PARK_LIMIT_MB
-# (default 20) are refused with a message: commit history keeps every parked copy.
+# (default 20) are refused with a message: commit history keeps every parked copy. `park`
+# also refuses a fit with fewer engine steps than its parked copy (lines of
+# steps/diagnostics.jsonl), which another lane has taken further.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,12 +33,14 @@ absolute() {  # OUT as an absolute path (the lane changes directory before bench
 
 run_lane() {
     [[ $# -eq 5 ]] || usage
-    local out task="$2" method="$3" seeds="$4" budget="$5"
+    local out task="$2" method="$3" seeds="$4" budget="$5" seed fit
     out="$(absolute "$1")"
     mkdir -p "$out/cells"
     cp -n "$cells"/*.json "$out/cells/" 2>/dev/null || true
-    for fit in "$cells"/*.fit; do
-        [[ -d "$fit" && ! -e "$out/cells/$(basename "$fit")" ]] && cp -r "$fit" "$out/cells/"
+    for seed in $seeds; do  # only this lane's cells: TASK__METHOD__seedS__budget...
+        for fit in "$cells/${task}__${method}__seed${seed}__"*.fit; do
+            [[ -d "$fit" && ! -e "$out/cells/$(basename "$fit")" ]] && cp -r "$fit" "$out/cells/"
+        done
     done
     cd "$repo"
     # shellcheck disable=SC2086  # SEEDS is a space-separated list
@@ -44,9 +49,13 @@ run_lane() {
         --budgets "$budget" --no-sweep --precision bf16
 }
 
+steps() {  # engine steps recorded in a fit folder (0 if none yet)
+    if [[ -f "$1/steps/diagnostics.jsonl" ]]; then wc -l < "$1/steps/diagnostics.jsonl"; else echo 0; fi
+}
+
 park() {
     [[ $# -ge 1 ]] || usage
-    local out fit size
+    local out fit size parked
     for out in "$@"; do
         out="$(absolute "$out")"
         if [[ "$out/cells" -ef "$cells" ]]; then
@@ -60,7 +69,12 @@ park() {
                 echo "not parked: $fit is $size MB (limit $limit_mb MB, BAYESPROMPT_PARK_LIMIT_MB)" >&2
                 continue
             fi
-            rm -rf "$cells/$(basename "$fit")"
+            parked="$cells/$(basename "$fit")"
+            if [[ -d "$parked" ]] && (( $(steps "$fit") < $(steps "$parked") )); then
+                echo "not parked: $fit has $(steps "$fit") steps, the parked copy $(steps "$parked")" >&2
+                continue
+            fi
+            rm -rf "$parked"
             cp -r "$fit" "$cells/"
             echo "parked $(basename "$fit") ($size MB)"
         done

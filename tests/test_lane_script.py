@@ -89,3 +89,45 @@ def test_park_refuses_a_fit_over_the_size_limit_and_usage_exits_2(repo: Path, tm
     assert not (repo / "benchmarks" / "results" / "cells" / "big.fit").exists()
     usage = lane(repo, "frobnicate")
     assert usage.returncode == 2 and "benchmarks/lane.sh run OUT TASK METHOD" in usage.stderr
+
+
+def fit_with_steps(cells: Path, name: str, steps: int) -> None:
+    folder = cells / f"{name}.fit" / "steps"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "diagnostics.jsonl").write_text("".join(f'{{"step": {i}}}\n' for i in range(steps)))
+
+
+def test_run_seeds_the_lane_with_records_and_only_its_own_parked_fits(repo: Path, tmp_path: Path):
+    committed = repo / "benchmarks" / "results" / "cells"
+    (committed / "done.json").write_text(json.dumps({"status": "ok"}))
+    own = ["dbpedia__smc__seed1__budget2000__abc", "dbpedia__smc__seed2__budgetnone__abc"]
+    others = ["dbpedia__smc__seed0__budget2000__abc", "dbpedia__smc-temp__seed1__budget2000__abc",
+              "agnews__smc__seed1__budget2000__abc"]
+    for name in own + others:
+        fit_with_steps(committed, name, 1)
+    fake_bin = tmp_path / "bin"  # stands in for python: records its arguments
+    fake_bin.mkdir()
+    (fake_bin / "python").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "args"}\n')
+    (fake_bin / "python").chmod(0o755)
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(repo / "benchmarks" / "lane.sh"), "run", str(out), "dbpedia", "smc", "1 2",
+                             "2000"], capture_output=True, text=True, env={"PATH": f"{fake_bin}:/usr/bin:/bin"},
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (out / "cells").glob("*.fit")) == sorted(f"{name}.fit" for name in own)
+    assert (out / "cells" / "done.json").exists()
+    args = (tmp_path / "args").read_text().split()
+    assert args[args.index("--seeds") + 1:args.index("--budgets")] == ["1", "2"]
+
+
+def test_park_refuses_a_fit_behind_its_parked_copy(repo: Path, tmp_path: Path):
+    committed = repo / "benchmarks" / "results" / "cells"
+    fit_with_steps(committed, "c3", 3)
+    out = tmp_path / "out"
+    fit_with_steps(out / "cells", "c3", 2)  # a stale copy: another lane went further
+    refused = lane(repo, "park", str(out))
+    assert refused.returncode == 0 and "2 steps, the parked copy 3" in refused.stderr
+    assert len((committed / "c3.fit" / "steps" / "diagnostics.jsonl").read_text().splitlines()) == 3
+    fit_with_steps(out / "cells", "c3", 4)
+    assert "parked c3.fit" in lane(repo, "park", str(out)).stdout
+    assert len((committed / "c3.fit" / "steps" / "diagnostics.jsonl").read_text().splitlines()) == 4
