@@ -14,8 +14,8 @@
 # A scratch OUT keeps the committed results.md and results.json from being rewritten
 # with the lane's one-cell selection. Parked fits larger than BAYESPROMPT_PARK_LIMIT_MB
 # (default 20) are refused with a message: commit history keeps every parked copy. `park`
-# also refuses a fit with fewer engine steps than its parked copy (lines of
-# steps/diagnostics.jsonl), which another lane has taken further.
+# also refuses a fit with fewer engine steps than its parked copy (lines of its
+# diagnostics.jsonl files), which another lane has taken further.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,7 +23,7 @@ cells="$repo/benchmarks/results/cells"
 limit_mb="${BAYESPROMPT_PARK_LIMIT_MB:-20}"
 
 usage() {
-    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -49,8 +49,8 @@ run_lane() {
         --budgets "$budget" --no-sweep --precision bf16
 }
 
-steps() {  # engine steps recorded in a fit folder (0 if none yet)
-    if [[ -f "$1/steps/diagnostics.jsonl" ]]; then wc -l < "$1/steps/diagnostics.jsonl"; else echo 0; fi
+steps() {  # engine steps recorded in a fit folder, all stages of a chained fit together (0 if none yet)
+    find "$1" -name diagnostics.jsonl -exec cat {} + | wc -l
 }
 
 park() {

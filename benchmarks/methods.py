@@ -53,7 +53,7 @@ from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel, lognormal_temperature_prior
 from bayesprompt.inference.selection import dev_accuracy_score  # BBT's dev selection: accuracy, ties broken by likelihood
 from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
-from bayesprompt.runs import RunDirectory, StateCodec, atomic_write_text, config_digest, run_with_checkpoints
+from bayesprompt.runs import Checkpoint, RunDirectory, StateCodec, atomic_write_text, config_digest, run_with_checkpoints
 
 __all__ = [
     "BudgetPolicy",
@@ -115,7 +115,8 @@ class MethodContext:
     run_directory : Path or None
         Where a single-engine method (:func:`fit_engine`) checkpoints its engine state after
         every step, and continues from when a checkpoint is already there
-        (:func:`run_engine`); white-box tuning keeps its training state there too
+        (:func:`run_engine`); a method chaining engine runs checkpoints each in a sub-folder
+        (:class:`FitStages`); white-box tuning keeps its training state there too
         (:func:`fit_whitebox`); ``None``: no step checkpoints.
     provenance : dict
         What the fit runs under beside its options (``bf16_arithmetic``, ``code_revision``),
@@ -433,15 +434,79 @@ def run_engine(ctx: MethodContext, engine: Engine, potential: Potential) -> tupl
     run_dir, codec = RunDirectory(ctx.run_directory), StateCodec()
     start = run_dir.read_checkpoint(codec) if run_dir.has_checkpoint() else None
     earlier = record_fit_part(ctx, resuming=start is not None)
-    identity = config_digest({"engine": engine.name, "seed": ctx.seed, "budget": ctx.meter.budget})
+    posterior = _run_checkpointed(ctx, engine, potential, run_dir, codec, start)
+    return posterior, _resumed_from([] if start is None else [start], earlier)
+
+
+def _run_checkpointed(ctx: MethodContext, engine: Engine, potential: Potential, run_dir: RunDirectory,
+                      codec: StateCodec, start: Checkpoint | None, stage: str | None = None) -> Posterior:
+    """:func:`run_with_checkpoints` under the cell's meter and seed; a stage's name is part of
+    its checkpoints' identity (a single-engine fit's identity has none, as before stages)."""
+    identity = {"engine": engine.name, "seed": ctx.seed, "budget": ctx.meter.budget}
+    if stage is not None:
+        identity["stage"] = stage
     posterior, _ = run_with_checkpoints(engine, potential, run_dir, seed=ctx.seed, meter=ctx.meter,
-                                        config_sha256=identity, start=start, codec=codec, progress=ctx.progress)
-    if start is None:
-        return posterior, None
-    resumed_from = {"calls": int(start.meter["calls"]), "iteration": start.iteration, "fit_seconds": start.elapsed_seconds}
+                                        config_sha256=config_digest(identity), start=start, codec=codec,
+                                        progress=ctx.progress)
+    return posterior
+
+
+def _resumed_from(starts: list[Checkpoint], earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """:attr:`MethodOutcome.resumed_from` of a fit continued from the checkpoints ``starts`` (one per
+    engine run that had one: the calls are the latest, steps and seconds add up)."""
+    if not starts:
+        return None
+    resumed_from = {"calls": max(int(start.meter["calls"]) for start in starts),
+                    "iteration": sum(start.iteration for start in starts),
+                    "fit_seconds": sum(start.elapsed_seconds for start in starts)}
     if earlier:  # unknown for step checkpoints older than FIT_SETTINGS
         resumed_from["fit_parts"] = earlier
-    return posterior, resumed_from
+    return resumed_from
+
+
+class FitStages:
+    """The engine runs of a fit that chains several, each checkpointed in ``<run_directory>/<stage>/``.
+
+    ``smc-devprior`` (the dev-centre CMA-ES, then tempered SMC) and ``smc-average`` (plain,
+    then tempered SMC) run their engines through :meth:`run`. A fit killed in a later stage
+    replays each finished one from its last checkpoint (its final state: no query, the
+    meter as it ended) and continues the interrupted one from its last step, so the fit
+    equals an uninterrupted one. Without a ``run_directory`` the stages just run.
+
+    Parameters
+    ----------
+    ctx : MethodContext
+        The cell's context.
+    stages : sequence of str
+        Names of the stages (folder names), in the order they run.
+
+    Attributes
+    ----------
+    resumed_from : dict or None
+        :attr:`MethodOutcome.resumed_from` of the fit: the stages' checkpoints found at the start.
+    """
+
+    def __init__(self, ctx: MethodContext, stages: tuple[str, ...]) -> None:
+        self.ctx = ctx
+        self._codec = StateCodec()
+        self._starts: dict[str, Checkpoint] = {}
+        self.resumed_from: dict[str, Any] | None = None
+        if ctx.run_directory is None:
+            return
+        for stage in stages:
+            run_dir = RunDirectory(Path(ctx.run_directory) / stage)
+            if run_dir.has_checkpoint():
+                self._starts[stage] = run_dir.read_checkpoint(self._codec)
+        earlier = record_fit_part(ctx, resuming=bool(self._starts))
+        self.resumed_from = _resumed_from(list(self._starts.values()), earlier)
+
+    def run(self, stage: str, engine: Engine, potential: Potential) -> Posterior:
+        """Run (or replay, or continue) ``engine`` as the stage ``stage`` under the cell's meter."""
+        ctx = self.ctx
+        if ctx.run_directory is None:
+            return run(engine, potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
+        run_dir = RunDirectory(Path(ctx.run_directory) / stage)
+        return _run_checkpointed(ctx, engine, potential, run_dir, self._codec, self._starts.get(stage), stage)
 
 
 def record_fit_part(ctx: MethodContext, resuming: bool) -> list[dict[str, Any]]:
@@ -634,15 +699,16 @@ def fit_smc_dev_prior(ctx: MethodContext) -> MethodOutcome:
     if not 0.0 < share < 1.0:
         raise ValueError(f"option point_share must be in (0, 1), got {share}")
     point_budget = 1000 if ctx.budget is None else int(share * ctx.budget)
+    stages = FitStages(ctx, ("dev_centre", "smc"))
     dev_model = PromptModel(ctx.backend, ctx.projection, prior_scale=ctx.prior_scale)
     centre = fit_dev_centre(dev_model, ctx.dev, point_budget, meter=ctx.meter, popsize=popsize, seed=ctx.seed,
-                            progress=ctx.progress)
+                            progress=ctx.progress, runner=lambda engine, potential: stages.run("dev_centre", engine, potential))
     potential = Potential(PromptModel(ctx.backend, ctx.projection, prior=centre.prior(ctx.prior_scale)), (ctx.train,),
                           meter=ctx.meter)
-    posterior = run(TemperedSMC(**{"num_particles": ctx.num_particles, **options}), potential, seed=ctx.seed,
-                    meter=ctx.meter, progress=ctx.progress)
+    posterior = stages.run("smc", TemperedSMC(**{"num_particles": ctx.num_particles, **options}), potential)
     outcome = posterior_outcome(ctx, posterior, potential, likelihood_free=False)
     outcome.summary.update(point_calls=centre.api_calls, point_norm=centre.norm)
+    outcome.resumed_from = stages.resumed_from
     return outcome
 
 
@@ -666,13 +732,13 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
 
     if ctx.options.get("temperature_prior_scale") is None:  # a resumed evaluation rebuilds the model from the options: they must name the scale
         raise ValueError("smc-average needs the option temperature_prior_scale (set in the default method_options)")
+    stages = FitStages(ctx, ("plain", "tempered"))
     plain_ctx = dataclasses.replace(ctx, options={k: v for k, v in ctx.options.items() if k not in MODEL_OPTIONS})
     plain_potential = make_potential(plain_ctx, likelihood_free=False)
-    plain = run(_smc_engine(plain_ctx, plain_potential), plain_potential, seed=ctx.seed, meter=ctx.meter,
-                progress=ctx.progress)
+    plain = stages.run("plain", _smc_engine(plain_ctx, plain_potential), plain_potential)
     potential = make_potential(ctx, likelihood_free=False)  # ctx's options carry the temperature
     try:
-        tempered = run(_smc_engine(ctx, potential), potential, seed=ctx.seed, meter=ctx.meter, progress=ctx.progress)
+        tempered = stages.run("tempered", _smc_engine(ctx, potential), potential)
     except InitialBudgetError:  # the plain run left too little for a first population: keep the plain model alone
         tempered = None
     log_z = [math.nan if p is None else float(p.summary.get("log_evidence", math.nan)) for p in (plain, tempered)]
@@ -685,6 +751,7 @@ def fit_smc_average(ctx: MethodContext) -> MethodOutcome:
     combined = mix_posteriors(runs, probabilities[: len(runs)], fixed={"temperature": 1.0})
     combined = dataclasses.replace(combined, status=next((s for s in statuses if s != Status.FINISHED), Status.FINISHED))
     outcome = posterior_outcome(ctx, combined, potential, likelihood_free=False)
+    outcome.resumed_from = stages.resumed_from
     outcome.summary.update(
         _scalars({"log_evidence_plain": log_z[0], "log_evidence_tempered": log_z[1]}),
         probability_tempered=probabilities[1],

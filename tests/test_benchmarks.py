@@ -243,6 +243,38 @@ def test_a_cell_killed_during_its_fit_continues_from_its_last_engine_step(tmp_pa
         assert _comparable(after) == {**_comparable(before), "resumed_fit_at_calls": after["resumed_fit_at_calls"]}
 
 
+def _dies_in_stage(real_write, stage: str, step: int):
+    """A ``RunDirectory.write_checkpoint`` that kills the fit when ``stage``'s step ``step`` would be saved."""
+    def write(self, checkpoint, codec):
+        if self.path.name == stage and checkpoint.iteration == step:
+            raise RuntimeError(f"killed in stage {stage}")
+        return real_write(self, checkpoint, codec)
+
+    return write
+
+
+@pytest.mark.parametrize("method, stage, step", [("smc-devprior", "dev_centre", 2), ("smc-devprior", "smc", 1),
+                                                 ("smc-average", "plain", 1), ("smc-average", "tempered", 1)])
+def test_a_chained_fit_killed_in_either_stage_continues_to_the_uninterrupted_result(tmp_path, data_dir, monkeypatch,
+                                                                                    method, stage, step):
+    """FitStages: finished stages are replayed from their last checkpoint (no query), the killed one continues."""
+    from bayesprompt.runs import RunDirectory
+
+    config = fake_config(data_dir, methods=(method,), budgets=(400,))
+    real_write = RunDirectory.write_checkpoint
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", _dies_in_stage(real_write, stage, step))
+    killed = run_suite(config, tmp_path / "suite", log=None)
+    assert killed.errors == 1 and f"killed in stage {stage}" in killed.records[0]["error"]
+    monkeypatch.setattr(RunDirectory, "write_checkpoint", real_write)
+    lines: list[str] = []
+    resumed = run_suite(config, tmp_path / "suite", log=lines.append)
+    assert resumed.ran == 1 and any(f": continuing (fit at call" in line and f"stage {stage})" in line for line in lines)
+    fresh = run_suite(config, tmp_path / "fresh", log=None)
+    before, after = fresh.records[0], resumed.records[0]
+    assert 0 < after["resumed_fit_at_calls"] < after["api_calls"] and after["api_usage"] == before["api_usage"]
+    assert _comparable(after) == {**_comparable(before), "resumed_fit_at_calls": after["resumed_fit_at_calls"]}
+
+
 def test_a_fit_resumed_under_another_length_bucket_records_both(tmp_path, data_dir, monkeypatch):
     """The bucket a fit began under survives a kill, in step checkpoints and in a saved fit."""
     import benchmarks.run as bench_run

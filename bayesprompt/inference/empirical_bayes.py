@@ -24,13 +24,15 @@ A fitted centre (``fit_dev_centre(model, dev_batch, budget=1000, meter=meter)`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
 
-from bayesprompt.inference.base import run
+from bayesprompt.inference.base import Engine, run
 from bayesprompt.inference.cma.bbt import CMAES
+from bayesprompt.inference.posterior import Posterior
 from bayesprompt.lm.base import EncodedBatch
 from bayesprompt.lm.meter import Meter
 from bayesprompt.models.potential import Potential
@@ -81,6 +83,7 @@ def fit_dev_centre(
     popsize: int = 20,
     seed: int = 0,
     progress: bool = True,
+    runner: Callable[[Engine, Potential], Posterior] | None = None,
 ) -> DevCentre:
     """Maximise the dev log-likelihood with CMA-ES (BBT's optimiser) within ``budget`` calls.
 
@@ -102,6 +105,12 @@ def fit_dev_centre(
         CMA-ES seed.
     progress : bool
         Show a progress bar.
+    runner : callable or None
+        ``(engine, potential) -> Posterior``: how the CMA-ES engine is run, e.g. with
+        checkpoints (default: :func:`~bayesprompt.inference.base.run` with ``seed``,
+        ``meter`` and ``progress``). It runs inside the stage's cap of ``budget`` calls from
+        the meter's count at entry; a runner that restores the meter from a checkpoint of
+        this stage must be entered at the count the stage began at.
 
     Returns
     -------
@@ -118,7 +127,10 @@ def fit_dev_centre(
     potential = Potential(model, (dev_batch,), meter=meter)
     calls_before = meter.calls
     with meter.capped(budget):
-        point = run(CMAES(popsize=popsize), potential, seed=seed, meter=meter, progress=progress)
+        if runner is None:
+            point = run(CMAES(popsize=popsize), potential, seed=seed, meter=meter, progress=progress)
+        else:
+            point = runner(CMAES(popsize=popsize), potential)
     if "z" not in point.samples:
         raise ValueError(f"the model has no latent site 'z' (sites: {sorted(point.samples)})")
     return DevCentre(
