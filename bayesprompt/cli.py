@@ -52,7 +52,7 @@ __all__ = ["main", "build_parser"]
 _FIT_DESCRIPTION = (
     "Fit a posterior over soft prompts on a few-shot task, evaluate the ensemble on the test "
     "split and write a run directory (config.json, projection.npz, checkpoint.npz after every "
-    "engine step, prior_centre.npz with --prior-centre dev, diagnostics.jsonl, posterior.{json,npz}, "
+    "engine step, prior_centre.npz and dev_centre/ (the dev stage's checkpoints) with --prior-centre dev, diagnostics.jsonl, posterior.{json,npz}, "
     "meter.json, metrics.json, "
     "predictions.npz, plots/). With --resume RUN, continue RUN from its last checkpoint "
     "instead; the config is read from RUN/config.json, so no other option may be given."

@@ -44,6 +44,7 @@ from bayesprompt.models.projection import RandomProjection
 from bayesprompt.models.prompt import LikelihoodFreePromptModel, PromptModel, lognormal_temperature_prior
 from bayesprompt.predict import EnsemblePredictions, fit_vote_smoothing, predict, predict_votes
 from bayesprompt.runs import (
+    DEV_CENTRE_DIR,
     PREDICTIONS_FILE,
     Checkpoint,
     RunDirectory,
@@ -448,18 +449,7 @@ def fit(
         run_dir = RunDirectory.create(config.out, _config_dict(config), setup.projection.metadata())
         run_dir.write_projection(setup.projection)
     if config.prior_centre == "dev":
-        centre = fit_dev_centre(
-            PromptModel(setup.backend, setup.projection, prior_scale=config.prior_scale),
-            setup.dev,
-            config.dev_centre_budget,
-            meter=setup.meter,
-            popsize=DEV_CENTRE_POPSIZE,
-            seed=config.seed,
-            progress=progress,
-        )
-        if run_dir is not None:
-            run_dir.write_prior_centre(centre)
-        setup = _centred(setup, centre)
+        setup = _centred(setup, _dev_centre(setup, run_dir, codec, progress))
         if custom is None:  # the engine of the centred prior
             engine = build_engine(config, setup.potential, setup.train, setup.dev)
     return _complete(setup, engine, run_dir, codec, None, progress)
@@ -472,6 +462,8 @@ def resume(directory: str | Path, progress: bool = True, *, codec: StateCodec | 
     restored from the checkpoint, the model's latent sites are learnt without a query,
     and the engine continues from the checkpointed state. The result (posterior,
     diagnostics, metrics) equals that of an uninterrupted run with the same config.
+    Under ``prior_centre="dev"``, a run killed before the engine's first checkpoint
+    continues its dev stage from the last CMA-ES step checkpointed in ``dev_centre/``.
 
     Raises
     ------
@@ -488,17 +480,20 @@ def resume(directory: str | Path, progress: bool = True, *, codec: StateCodec | 
     saved = run_dir.read_config()
     config = _saved_config(run_dir, saved, out=str(directory))
     codec = codec if codec is not None else StateCodec()
-    checkpoint = run_dir.read_checkpoint(codec)
-    if checkpoint.config_sha256 != config_digest(saved):
-        raise RunDirectoryError(
-            f"{run_dir.file('checkpoint.npz')}: written for another config than {run_dir.file('config.json')}"
-        )
+    checkpoint = None  # the dev stage of prior_centre="dev" was cut short, or the engine's init
+    if config.prior_centre != "dev" or run_dir.has_checkpoint():
+        checkpoint = run_dir.read_checkpoint(codec)
+        if checkpoint.config_sha256 != config_digest(saved):
+            raise RunDirectoryError(
+                f"{run_dir.file('checkpoint.npz')}: written for another config than {run_dir.file('config.json')}"
+            )
     task = get_task(config.task)
     setup = _setup(config, task, projection=run_dir.read_projection())
     if config.prior_centre == "dev":
-        setup = _centred(setup, run_dir.read_prior_centre())
+        centre = run_dir.read_prior_centre() if checkpoint is not None else _dev_centre(setup, run_dir, codec, progress)
+        setup = _centred(setup, centre)
     engine = build_engine(config, setup.potential, setup.train, setup.dev)
-    if checkpoint.engine != engine.name:
+    if checkpoint is not None and checkpoint.engine != engine.name:
         raise RunDirectoryError(
             f"{run_dir.file('checkpoint.npz')}: holds a {checkpoint.engine!r} state, the config builds {engine.name!r}"
         )
@@ -995,6 +990,32 @@ def _potential(
     return Potential(model, (batch,), meter=backend.meter)
 
 
+def _dev_centre(setup: _Setup, run_dir: RunDirectory | None, codec: StateCodec | None, progress: bool) -> DevCentre:
+    """The dev stage of ``prior_centre="dev"``: CMA-ES on the dev log-likelihood.
+
+    With a run directory, its steps are checkpointed in ``dev_centre/`` (a resumed stage
+    continues from the last one, a finished one replays its final state without a query,
+    so the meter reads as it ended) and the centre is saved in ``prior_centre.npz``.
+    """
+    config = setup.config
+    runner = None
+    if run_dir is not None:
+        stage, codec = RunDirectory(run_dir.file(DEV_CENTRE_DIR)), codec if codec is not None else StateCodec()
+        start = stage.read_checkpoint(codec) if stage.has_checkpoint() else None
+        digest = config_digest({"stage": DEV_CENTRE_DIR, "config": run_dir.read_config()})
+
+        def runner(engine: Engine, potential: Potential) -> Posterior:
+            return run_with_checkpoints(engine, potential, stage, seed=config.seed, meter=setup.meter,
+                                        config_sha256=digest, start=start, codec=codec, progress=progress)[0]
+
+    model = PromptModel(setup.backend, setup.projection, prior_scale=config.prior_scale)
+    centre = fit_dev_centre(model, setup.dev, config.dev_centre_budget, meter=setup.meter, popsize=DEV_CENTRE_POPSIZE,
+                            seed=config.seed, progress=progress, runner=runner)
+    if run_dir is not None:
+        run_dir.write_prior_centre(centre)
+    return centre
+
+
 def _centred(setup: _Setup, centre: DevCentre) -> _Setup:
     """``setup`` with the training potential's prior centred on ``centre``."""
     potential = _potential(setup.config, setup.backend, setup.projection, setup.train, centre)
@@ -1015,7 +1036,10 @@ def _infer(
     A continued run keeps its checkpoint's config digest: :func:`resume` checked it against
     the saved ``config.json``, whose ``out`` may name another spelling or place of the run.
     """
-    digest = checkpoint.config_sha256 if checkpoint is not None else config_digest(_config_dict(setup.config))
+    if checkpoint is not None:
+        digest = checkpoint.config_sha256
+    else:  # the saved config.json: a run resumed under another spelling of its directory starts the engine here
+        digest = config_digest(run_dir.read_config() if run_dir is not None else _config_dict(setup.config))
     return run_with_checkpoints(engine, setup.potential, run_dir, seed=setup.config.seed, meter=setup.meter,
                                 config_sha256=digest, start=checkpoint, codec=codec, progress=progress)
 

@@ -7,6 +7,7 @@ A **run directory** holds everything needed to reproduce, resume and evaluate on
                           "projection": projection metadata}
       projection.npz     the random projection (matrix, seed, std)
       prior_centre.npz   the dev-tuned prior centre (only with prior_centre="dev")
+      dev_centre/        checkpoint.npz and diagnostics.jsonl of that dev stage's CMA-ES steps
       checkpoint.npz     latest engine state + diagnostics so far + meter reading (atomic)
       diagnostics.jsonl  one JSON record per completed engine iteration
       posterior.json     final posterior metadata (Posterior.save, its own format_version)
@@ -162,6 +163,8 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 PLOTS_DIR = "plots"
 #: Files (and the plots folder's PNGs) a fresh run replaces; nothing else is ever deleted.
+#: Sub-folder with the step checkpoints of the dev stage of ``prior_centre="dev"``.
+DEV_CENTRE_DIR = "dev_centre"
 RUN_FILES = (CONFIG_FILE, PROJECTION_FILE, PRIOR_CENTRE_FILE, CHECKPOINT_FILE, DIAGNOSTICS_FILE, *POSTERIOR_FILES,
              METER_FILE, METRICS_FILE, PREDICTIONS_FILE)
 
@@ -699,7 +702,8 @@ class RunDirectory:
     def create(cls, path: str | Path, config: Mapping[str, Any], projection: Mapping[str, Any] | None = None) -> "RunDirectory":
         """Start a fresh run in ``path``: remove a previous run's files there, write ``config.json``.
 
-        Only the files of the layout (and ``plots/*.png``) are removed; other files stay.
+        Only the files of the layout (``plots/*.png`` and the checkpoints in ``dev_centre/``
+        included) are removed; other files stay.
         """
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
@@ -707,6 +711,8 @@ class RunDirectory:
         run.path.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
             (run.path / name).unlink(missing_ok=True)
+        for name in (CHECKPOINT_FILE, DIAGNOSTICS_FILE):
+            (run.path / DEV_CENTRE_DIR / name).unlink(missing_ok=True)
         for png in run.plots_dir.glob("*.png"):
             png.unlink()
         run.write_config(config, projection)

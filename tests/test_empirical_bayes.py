@@ -112,6 +112,71 @@ def test_resume_reads_the_centre_and_refuses_a_missing_one(tmp_path, fake_backen
         pipeline.resume(tmp_path / "cut", progress=False)
 
 
+def test_a_run_killed_in_its_dev_stage_resumes_it_from_the_last_cma_es_step(tmp_path, fake_backend, monkeypatch):
+    """dev_centre/ holds the dev stage's step checkpoints; resume continues them, then runs the engine."""
+    reference = pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "ref"), **BASE), progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    original = RunDirectory.write_checkpoint
+
+    def die_at_dev_step_three(self, checkpoint, codec):
+        if self.path.name == "dev_centre" and checkpoint.iteration == 3:
+            raise Interrupted
+        original(self, checkpoint, codec)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunDirectory, "write_checkpoint", die_at_dev_step_three)
+        with pytest.raises(Interrupted):
+            pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "cut"), **BASE), progress=False)
+    cut = RunDirectory(tmp_path / "cut")
+    assert not cut.has_checkpoint() and not cut.file("prior_centre.npz").exists()
+    saved_steps = RunDirectory(cut.file("dev_centre")).read_diagnostics()
+    assert len(saved_steps) == 2
+    queries = []
+    with monkeypatch.context() as patch:
+        real_charge = Meter.charge
+        patch.setattr(Meter, "charge", lambda self, **counts: queries.append(self.calls) or real_charge(self, **counts))
+        resumed = pipeline.resume(tmp_path / "cut", progress=False)
+    assert min(queries) == saved_steps[-1]["api_calls"] > 0  # continued after the last saved step
+    assert torch.equal(reference.posterior.samples["z"], resumed.posterior.samples["z"])
+    assert reference.metrics["prior_centre"] == resumed.metrics["prior_centre"]
+    assert cut.read_meter() == RunDirectory(tmp_path / "ref").read_meter()
+
+
+def test_resume_after_the_dev_stage_replays_it_without_a_query(tmp_path, fake_backend, monkeypatch):
+    """Killed between the saved centre and the engine's first checkpoint: the finished dev stage
+    is replayed from its last checkpoint (the meter as it ended), and a fresh fit clears it."""
+    reference = pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "ref"), **BASE), progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    original = RunDirectory.write_checkpoint
+
+    def die_at_the_engines_init(self, checkpoint, codec):
+        if self.path.name != "dev_centre":
+            raise Interrupted
+        original(self, checkpoint, codec)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunDirectory, "write_checkpoint", die_at_the_engines_init)
+        with pytest.raises(Interrupted):
+            pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "cut"), **BASE), progress=False)
+    assert (tmp_path / "cut" / "prior_centre.npz").is_file() and not RunDirectory(tmp_path / "cut").has_checkpoint()
+    queries = []
+    with monkeypatch.context() as patch:
+        real_charge = Meter.charge
+        patch.setattr(Meter, "charge", lambda self, **counts: queries.append(self.calls) or real_charge(self, **counts))
+        resumed = pipeline.resume(tmp_path / "cut", progress=False)
+    assert min(queries) == reference.metrics["prior_centre"]["api_calls"]  # no dev-stage query is repeated
+    assert torch.equal(reference.posterior.samples["z"], resumed.posterior.samples["z"])
+    assert RunDirectory(tmp_path / "cut").read_meter() == RunDirectory(tmp_path / "ref").read_meter()
+    pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "cut"), **{**BASE, "seed": 1}), progress=False)  # a new run there
+    assert len(RunDirectory(tmp_path / "cut" / "dev_centre").read_diagnostics()) == reference.metrics["prior_centre"]["iterations"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
