@@ -162,9 +162,10 @@ METER_FILE = "meter.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"
 PLOTS_DIR = "plots"
-#: Files (and the plots folder's PNGs) a fresh run replaces; nothing else is ever deleted.
 #: Sub-folder with the step checkpoints of the dev stage of ``prior_centre="dev"``.
 DEV_CENTRE_DIR = "dev_centre"
+#: Files (and the plots folder's PNGs, and the checkpoint and diagnostics in DEV_CENTRE_DIR)
+#: a fresh run replaces; nothing else is ever deleted.
 RUN_FILES = (CONFIG_FILE, PROJECTION_FILE, PRIOR_CENTRE_FILE, CHECKPOINT_FILE, DIAGNOSTICS_FILE, *POSTERIOR_FILES,
              METER_FILE, METRICS_FILE, PREDICTIONS_FILE)
 

@@ -18,10 +18,11 @@ is ignored.
 
 The fit itself is checkpointed too: a single-engine method writes its engine state to
 ``steps/`` after every engine step (:func:`benchmarks.methods.run_engine`), and a cell
-killed during its fit continues from the last step on the next run. White-box tuning writes
-``steps/whitebox.pt`` before each dev evaluation (:func:`benchmarks.whitebox.train_prompt`)
-and continues from it likewise. The other methods (``smc-average`` and ``smc-devprior``,
-which chain two fits) start their fit again.
+killed during its fit continues from the last step on the next run. The methods that chain
+two engine runs (``smc-average``, ``smc-devprior``) checkpoint each in ``steps/<stage>/``
+(:class:`benchmarks.methods.FitStages`). White-box tuning writes ``steps/whitebox.pt``
+before each dev evaluation (:func:`benchmarks.whitebox.train_prompt`) and continues from
+it likewise.
 
 Examples
 --------

@@ -14,8 +14,8 @@
 # A scratch OUT keeps the committed results.md and results.json from being rewritten
 # with the lane's one-cell selection. Parked fits larger than BAYESPROMPT_PARK_LIMIT_MB
 # (default 20) are refused with a message: commit history keeps every parked copy. `park`
-# also refuses a fit with fewer engine steps than its parked copy (lines of its
-# diagnostics.jsonl files), which another lane has taken further.
+# also refuses a fit whose cell has an ok record, and one with fewer engine steps than its
+# parked copy (lines of its diagnostics.jsonl files), which another lane took further.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,8 +37,9 @@ run_lane() {
     out="$(absolute "$1")"
     mkdir -p "$out/cells"
     cp -n "$cells"/*.json "$out/cells/" 2>/dev/null || true
-    for seed in $seeds; do  # only this lane's cells: TASK__METHOD__seedS__budget...
-        for fit in "$cells/${task}__${method}__seed${seed}__"*.fit; do
+    for seed in $seeds; do  # only this lane's cells (budget-free methods are named budgetnone)
+        for fit in "$cells/${task}__${method}__seed${seed}__budget${budget}__"*.fit \
+                   "$cells/${task}__${method}__seed${seed}__budgetnone__"*.fit; do
             [[ -d "$fit" && ! -e "$out/cells/$(basename "$fit")" ]] && cp -r "$fit" "$out/cells/"
         done
     done
@@ -70,6 +71,10 @@ park() {
                 continue
             fi
             parked="$cells/$(basename "$fit")"
+            if [[ -f "${parked%.fit}.json" && "$(status "${parked%.fit}.json")" == ok ]]; then
+                echo "not parked: $(basename "$fit") has an ok record" >&2
+                continue
+            fi
             if [[ -d "$parked" ]] && (( $(steps "$fit") < $(steps "$parked") )); then
                 echo "not parked: $fit has $(steps "$fit") steps, the parked copy $(steps "$parked")" >&2
                 continue

@@ -176,8 +176,10 @@ class MethodOutcome:
         that a cell killed during evaluation need not be fitted again.
     resumed_from : dict or None
         ``{"calls", "iteration", "fit_seconds"}`` of the step checkpoint the fit continued
-        from (:func:`run_engine`), and ``"fit_parts"``: what each earlier part of the fit
-        ran under (the part from its start, then one per earlier resume), each
+        from (:func:`run_engine`; for a fit of several engine runs, :class:`FitStages`, the
+        latest calls and the steps and seconds of all its stages' checkpoints), and
+        ``"fit_parts"``: what each earlier part of the fit ran under (the part from its
+        start, then one per earlier resume), each
         ``{"fit_length_bucket", **provenance}`` (absent for step checkpoints older than
         :data:`FIT_SETTINGS`; a part from before provenance was kept has only the bucket);
         ``None`` for a fit run from its start.

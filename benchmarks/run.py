@@ -63,7 +63,7 @@ from bayesprompt.lm import Meter, bf16_arithmetic, load_backend
 from bayesprompt.lm.base import EncodedBatch, PromptBlackBox
 from bayesprompt.metrics import classification_report, misclassification_auroc, ood_auroc
 from bayesprompt.models.projection import RandomProjection
-from bayesprompt.runs import CHECKPOINT_FILE as CHECKPOINT_NPZ, RunDirectory, RunDirectoryError
+from bayesprompt.runs import CHECKPOINT_FILE as CHECKPOINT_NPZ, RunDirectory, RunDirectoryError, StateCodec
 
 __all__ = [
     "BENCHMARK_VERSION",
@@ -622,16 +622,13 @@ def vote_smoothing(config: BenchmarkConfig, outcome: MethodOutcome) -> float:
 
 
 # ---------------------------------------------------------------------- cache and suite
-
-
-
-def _last_call(steps: RunDirectory) -> int | str:
-    """The meter's calls at the last step checkpointed in ``steps`` (``0``: after ``init`` only)."""
+def _checkpoint_calls(steps: RunDirectory) -> int | None:
+    """The meter's calls at the checkpoint in ``steps`` (``None``: unreadable)."""
     try:
-        records = steps.read_diagnostics()
-    except RunDirectoryError:
-        records = []
-    return records[-1].get("api_calls", "?") if records else 0
+        return int(steps.read_checkpoint(StateCodec()).meter["calls"])
+    except (RunDirectoryError, KeyError, TypeError, ValueError):
+        return None
+
 
 class CellCache:
     """One JSON file per finished cell under ``<out>/cells``."""
@@ -660,8 +657,8 @@ class CellCache:
         """What a killed run of ``cell`` left behind, in words (``None``: nothing).
 
         ``"fitted, not yet evaluated"`` (a fit checkpoint), ``"white-box fit at step N"`` or ``"fit at call N"`` (the
-        engine's last step checkpoint; N = 0 after the initial population only; ``"fit at call N, stage S"`` for a
-        fit of several engine runs, :class:`~benchmarks.methods.FitStages`, at its latest checkpoint).
+        meter's calls at the engine's last checkpoint, ``?`` if unreadable); ``"fit at call N, stage S"`` for a fit of
+        several engine runs (:class:`~benchmarks.methods.FitStages`), at the stage checkpointed furthest on.
         """
         folder = self.checkpoint(cell, digest)
         if (folder / "outcome.json").is_file():
@@ -673,12 +670,14 @@ class CellCache:
             return f"white-box fit at step {checkpoint_step(whitebox)}"
         steps = RunDirectory(folder / STEP_CHECKPOINTS)
         if steps.has_checkpoint():
-            return f"fit at call {_last_call(steps)}"
-        stages = [RunDirectory(path.parent) for path in (folder / STEP_CHECKPOINTS).glob(f"*/{CHECKPOINT_NPZ}")]
+            calls = _checkpoint_calls(steps)
+            return f"fit at call {'?' if calls is None else calls}"
+        stages = {path.parent.name: _checkpoint_calls(RunDirectory(path.parent))
+                  for path in sorted((folder / STEP_CHECKPOINTS).glob(f"*/{CHECKPOINT_NPZ}"))}
         if not stages:
             return None
-        latest = max(stages, key=lambda stage: stage.file(CHECKPOINT_NPZ).stat().st_mtime)
-        return f"fit at call {_last_call(latest)}, stage {latest.path.name}"
+        stage = max(stages, key=lambda name: -1 if stages[name] is None else stages[name])  # calls grow stage by stage
+        return f"fit at call {'?' if stages[stage] is None else stages[stage]}, stage {stage}"
 
     def siblings(self, cell: Cell, digest: str) -> list[dict[str, Any]]:
         """The cached ``ok`` records of ``cell``'s task, method, seed and settings at other budgets."""

@@ -253,11 +253,14 @@ def _dies_in_stage(real_write, stage: str, step: int):
     return write
 
 
-@pytest.mark.parametrize("method, stage, step", [("smc-devprior", "dev_centre", 2), ("smc-devprior", "smc", 1),
-                                                 ("smc-average", "plain", 1), ("smc-average", "tempered", 1)])
+@pytest.mark.parametrize("method, stage, step, logged", [
+    ("smc-devprior", "dev_centre", 2, "dev_centre"), ("smc-devprior", "smc", 1, "smc"),
+    ("smc-devprior", "smc", 0, "dev_centre"),  # killed before the second stage's first checkpoint
+    ("smc-average", "plain", 1, "plain"), ("smc-average", "tempered", 1, "tempered")])
 def test_a_chained_fit_killed_in_either_stage_continues_to_the_uninterrupted_result(tmp_path, data_dir, monkeypatch,
-                                                                                    method, stage, step):
+                                                                                    method, stage, step, logged):
     """FitStages: finished stages are replayed from their last checkpoint (no query), the killed one continues."""
+    from bayesprompt.lm.meter import Meter
     from bayesprompt.runs import RunDirectory
 
     config = fake_config(data_dir, methods=(method,), budgets=(400,))
@@ -266,12 +269,23 @@ def test_a_chained_fit_killed_in_either_stage_continues_to_the_uninterrupted_res
     killed = run_suite(config, tmp_path / "suite", log=None)
     assert killed.errors == 1 and f"killed in stage {stage}" in killed.records[0]["error"]
     monkeypatch.setattr(RunDirectory, "write_checkpoint", real_write)
+    charged_at: list[int] = []  # the meter's count before each query made (a refused one is not)
+    real_charge = Meter.charge
+
+    def charge(self, calls, sequences, tokens):
+        before = self.calls
+        real_charge(self, calls=calls, sequences=sequences, tokens=tokens)
+        charged_at.append(before)
+
     lines: list[str] = []
-    resumed = run_suite(config, tmp_path / "suite", log=lines.append)
-    assert resumed.ran == 1 and any(f": continuing (fit at call" in line and f"stage {stage})" in line for line in lines)
+    with monkeypatch.context() as patch:
+        patch.setattr(Meter, "charge", charge)
+        resumed = run_suite(config, tmp_path / "suite", log=lines.append)
+    assert resumed.ran == 1 and any(f": continuing (fit at call" in line and f"stage {logged})" in line for line in lines)
     fresh = run_suite(config, tmp_path / "fresh", log=None)
     before, after = fresh.records[0], resumed.records[0]
     assert 0 < after["resumed_fit_at_calls"] < after["api_calls"] and after["api_usage"] == before["api_usage"]
+    assert min(charged_at) == after["resumed_fit_at_calls"]  # nothing before the last checkpoint is queried again
     assert _comparable(after) == {**_comparable(before), "resumed_fit_at_calls": after["resumed_fit_at_calls"]}
 
 

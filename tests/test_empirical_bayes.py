@@ -177,6 +177,36 @@ def test_resume_after_the_dev_stage_replays_it_without_a_query(tmp_path, fake_ba
     assert len(RunDirectory(tmp_path / "cut" / "dev_centre").read_diagnostics()) == reference.metrics["prior_centre"]["iterations"]
 
 
+def test_an_engine_started_on_resume_under_another_spelling_resumes_again(tmp_path, fake_backend, monkeypatch):
+    """The engine's first checkpoint, written by a resume, carries the digest of the saved config.json."""
+    reference = pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "ref"), **BASE), progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    original = RunDirectory.write_checkpoint
+
+    def dies_at(engine_step):
+        def write(self, checkpoint, codec):
+            if self.path.name != "dev_centre" and checkpoint.iteration == engine_step:
+                raise Interrupted
+            original(self, checkpoint, codec)
+
+        return write
+
+    (tmp_path / "other").mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(RunDirectory, "write_checkpoint", dies_at(0))
+        with pytest.raises(Interrupted):
+            pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "cut"), **BASE), progress=False)
+        patch.setattr(RunDirectory, "write_checkpoint", dies_at(1))
+        with pytest.raises(Interrupted):
+            pipeline.resume(tmp_path / "other" / ".." / "cut", progress=False)
+    assert RunDirectory(tmp_path / "cut").read_checkpoint(pipeline.StateCodec()).iteration == 0
+    resumed = pipeline.resume(tmp_path / "cut", progress=False)
+    assert torch.equal(reference.posterior.samples["z"], resumed.posterior.samples["z"])
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -102,7 +102,7 @@ def test_run_seeds_the_lane_with_records_and_only_its_own_parked_fits(repo: Path
     (committed / "done.json").write_text(json.dumps({"status": "ok"}))
     own = ["dbpedia__smc__seed1__budget2000__abc", "dbpedia__smc__seed2__budgetnone__abc"]
     others = ["dbpedia__smc__seed0__budget2000__abc", "dbpedia__smc-temp__seed1__budget2000__abc",
-              "agnews__smc__seed1__budget2000__abc"]
+              "agnews__smc__seed1__budget2000__abc", "dbpedia__smc__seed1__budget500__abc"]
     for name in own + others:
         fit_with_steps(committed, name, 1)
     fake_bin = tmp_path / "bin"  # stands in for python: records its arguments
@@ -120,14 +120,20 @@ def test_run_seeds_the_lane_with_records_and_only_its_own_parked_fits(repo: Path
     assert args[args.index("--seeds") + 1:args.index("--budgets")] == ["1", "2"]
 
 
-def test_park_refuses_a_fit_behind_its_parked_copy(repo: Path, tmp_path: Path):
+def test_park_refuses_a_fit_behind_its_parked_copy_or_with_an_ok_record(repo: Path, tmp_path: Path):
     committed = repo / "benchmarks" / "results" / "cells"
     fit_with_steps(committed, "c3", 3)
     out = tmp_path / "out"
-    fit_with_steps(out / "cells", "c3", 2)  # a stale copy: another lane went further
+    for stage in ("dev_centre", "smc"):  # a chained fit, one step in each stage: a stale copy (2 < 3)
+        (out / "cells" / "c3.fit" / "steps" / stage).mkdir(parents=True)
+        (out / "cells" / "c3.fit" / "steps" / stage / "diagnostics.jsonl").write_text('{"step": 0}\n')
     refused = lane(repo, "park", str(out))
     assert refused.returncode == 0 and "2 steps, the parked copy 3" in refused.stderr
     assert len((committed / "c3.fit" / "steps" / "diagnostics.jsonl").read_text().splitlines()) == 3
-    fit_with_steps(out / "cells", "c3", 4)
+    fit_with_steps(out / "cells", "c3", 2)  # steps of every stage count: 2 + 1 + 1 > 3
     assert "parked c3.fit" in lane(repo, "park", str(out)).stdout
-    assert len((committed / "c3.fit" / "steps" / "diagnostics.jsonl").read_text().splitlines()) == 4
+    assert (committed / "c3.fit" / "steps" / "smc" / "diagnostics.jsonl").is_file()
+    (committed / "c3.json").write_text(json.dumps({"status": "ok"}))  # another lane finished the cell
+    shutil.rmtree(committed / "c3.fit")
+    finished = lane(repo, "park", str(out))
+    assert "has an ok record" in finished.stderr and not (committed / "c3.fit").exists()
