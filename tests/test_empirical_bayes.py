@@ -85,10 +85,6 @@ def test_zero_centre_writes_no_centre_file(tmp_path, fake_backend):
 def test_resume_reads_the_centre_and_refuses_a_missing_one(tmp_path, fake_backend, monkeypatch):
     config = pipeline.FitConfig(out=str(tmp_path / "ref"), **BASE)
     reference = pipeline.fit(config, progress=False)
-
-    class Interrupted(Exception):
-        pass
-
     original = RunDirectory.write_checkpoint
     written = []
 
@@ -112,33 +108,48 @@ def test_resume_reads_the_centre_and_refuses_a_missing_one(tmp_path, fake_backen
         pipeline.resume(tmp_path / "cut", progress=False)
 
 
-def test_a_run_killed_in_its_dev_stage_resumes_it_from_the_last_cma_es_step(tmp_path, fake_backend, monkeypatch):
-    """dev_centre/ holds the dev stage's step checkpoints; resume continues them, then runs the engine."""
-    reference = pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "ref"), **BASE), progress=False)
+class Interrupted(Exception):
+    """Stands for a kill of the fitting process."""
 
-    class Interrupted(Exception):
-        pass
 
+def _killed(monkeypatch, dies, run) -> None:
+    """Run ``run()`` with a checkpoint writer that raises :class:`Interrupted` where ``dies(run_dir, checkpoint)``."""
     original = RunDirectory.write_checkpoint
 
-    def die_at_dev_step_three(self, checkpoint, codec):
-        if self.path.name == "dev_centre" and checkpoint.iteration == 3:
+    def write(self, checkpoint, codec):
+        if dies(self, checkpoint):
             raise Interrupted
         original(self, checkpoint, codec)
 
     with monkeypatch.context() as patch:
-        patch.setattr(RunDirectory, "write_checkpoint", die_at_dev_step_three)
+        patch.setattr(RunDirectory, "write_checkpoint", write)
         with pytest.raises(Interrupted):
-            pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "cut"), **BASE), progress=False)
+            run()
+
+
+def _resume_counting_queries(monkeypatch, directory) -> tuple[pipeline.FitResult, list[int]]:
+    """Resume ``directory``; also the meter's count before each query it made."""
+    queries: list[int] = []
+    real_charge = Meter.charge
+    with monkeypatch.context() as patch:
+        patch.setattr(Meter, "charge", lambda self, **counts: queries.append(self.calls) or real_charge(self, **counts))
+        return pipeline.resume(directory, progress=False), queries
+
+
+def _fit_into(directory):
+    return lambda: pipeline.fit(pipeline.FitConfig(out=str(directory), **BASE), progress=False)
+
+
+def test_a_run_killed_in_its_dev_stage_resumes_it_from_the_last_cma_es_step(tmp_path, fake_backend, monkeypatch):
+    """dev_centre/ holds the dev stage's step checkpoints; resume continues them, then runs the engine."""
+    reference = _fit_into(tmp_path / "ref")()
+    _killed(monkeypatch, lambda run, checkpoint: run.path.name == "dev_centre" and checkpoint.iteration == 3,
+            _fit_into(tmp_path / "cut"))
     cut = RunDirectory(tmp_path / "cut")
     assert not cut.has_checkpoint() and not cut.file("prior_centre.npz").exists()
     saved_steps = RunDirectory(cut.file("dev_centre")).read_diagnostics()
     assert len(saved_steps) == 2
-    queries = []
-    with monkeypatch.context() as patch:
-        real_charge = Meter.charge
-        patch.setattr(Meter, "charge", lambda self, **counts: queries.append(self.calls) or real_charge(self, **counts))
-        resumed = pipeline.resume(tmp_path / "cut", progress=False)
+    resumed, queries = _resume_counting_queries(monkeypatch, tmp_path / "cut")
     assert min(queries) == saved_steps[-1]["api_calls"] > 0  # continued after the last saved step
     assert torch.equal(reference.posterior.samples["z"], resumed.posterior.samples["z"])
     assert reference.metrics["prior_centre"] == resumed.metrics["prior_centre"]
@@ -148,28 +159,10 @@ def test_a_run_killed_in_its_dev_stage_resumes_it_from_the_last_cma_es_step(tmp_
 def test_resume_after_the_dev_stage_replays_it_without_a_query(tmp_path, fake_backend, monkeypatch):
     """Killed between the saved centre and the engine's first checkpoint: the finished dev stage
     is replayed from its last checkpoint (the meter as it ended), and a fresh fit clears it."""
-    reference = pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "ref"), **BASE), progress=False)
-
-    class Interrupted(Exception):
-        pass
-
-    original = RunDirectory.write_checkpoint
-
-    def die_at_the_engines_init(self, checkpoint, codec):
-        if self.path.name != "dev_centre":
-            raise Interrupted
-        original(self, checkpoint, codec)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(RunDirectory, "write_checkpoint", die_at_the_engines_init)
-        with pytest.raises(Interrupted):
-            pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "cut"), **BASE), progress=False)
+    reference = _fit_into(tmp_path / "ref")()
+    _killed(monkeypatch, lambda run, checkpoint: run.path.name != "dev_centre", _fit_into(tmp_path / "cut"))
     assert (tmp_path / "cut" / "prior_centre.npz").is_file() and not RunDirectory(tmp_path / "cut").has_checkpoint()
-    queries = []
-    with monkeypatch.context() as patch:
-        real_charge = Meter.charge
-        patch.setattr(Meter, "charge", lambda self, **counts: queries.append(self.calls) or real_charge(self, **counts))
-        resumed = pipeline.resume(tmp_path / "cut", progress=False)
+    resumed, queries = _resume_counting_queries(monkeypatch, tmp_path / "cut")
     assert min(queries) == reference.metrics["prior_centre"]["api_calls"]  # no dev-stage query is repeated
     assert torch.equal(reference.posterior.samples["z"], resumed.posterior.samples["z"])
     assert RunDirectory(tmp_path / "cut").read_meter() == RunDirectory(tmp_path / "ref").read_meter()
@@ -179,29 +172,14 @@ def test_resume_after_the_dev_stage_replays_it_without_a_query(tmp_path, fake_ba
 
 def test_an_engine_started_on_resume_under_another_spelling_resumes_again(tmp_path, fake_backend, monkeypatch):
     """The engine's first checkpoint, written by a resume, carries the digest of the saved config.json."""
-    reference = pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "ref"), **BASE), progress=False)
+    reference = _fit_into(tmp_path / "ref")()
 
-    class Interrupted(Exception):
-        pass
-
-    original = RunDirectory.write_checkpoint
-
-    def dies_at(engine_step):
-        def write(self, checkpoint, codec):
-            if self.path.name != "dev_centre" and checkpoint.iteration == engine_step:
-                raise Interrupted
-            original(self, checkpoint, codec)
-
-        return write
+    def engine_step(step):
+        return lambda run, checkpoint: run.path.name != "dev_centre" and checkpoint.iteration == step
 
     (tmp_path / "other").mkdir()
-    with monkeypatch.context() as patch:
-        patch.setattr(RunDirectory, "write_checkpoint", dies_at(0))
-        with pytest.raises(Interrupted):
-            pipeline.fit(pipeline.FitConfig(out=str(tmp_path / "cut"), **BASE), progress=False)
-        patch.setattr(RunDirectory, "write_checkpoint", dies_at(1))
-        with pytest.raises(Interrupted):
-            pipeline.resume(tmp_path / "other" / ".." / "cut", progress=False)
+    _killed(monkeypatch, engine_step(0), _fit_into(tmp_path / "cut"))
+    _killed(monkeypatch, engine_step(1), lambda: pipeline.resume(tmp_path / "other" / ".." / "cut", progress=False))
     assert RunDirectory(tmp_path / "cut").read_checkpoint(pipeline.StateCodec()).iteration == 0
     resumed = pipeline.resume(tmp_path / "cut", progress=False)
     assert torch.equal(reference.posterior.samples["z"], resumed.posterior.samples["z"])
