@@ -24,7 +24,7 @@ are guarded by fingerprints of the code instead: :func:`source_fingerprints` has
 top-level code (functions, classes, constants, imports) of the modules in
 :data:`FINGERPRINTED_MODULES` (the method builders, the runner and every module of the
 packages that fit and score a cell: engines, models, backends, data, prediction and
-metrics), as ``ast.unparse`` writes them without docstrings (so comments, docstrings and
+metrics, and the run directory's checkpoints that every fit writes and resumes from), as ``ast.unparse`` writes them without docstrings (so comments, docstrings and
 formatting do not count). A changed fingerprint asks the same question as a changed
 default: if the change alters results, bump ``BENCHMARK_VERSION`` (or rerun the cells it
 affects); either way re-record. ``ast.unparse`` could write the same code
@@ -90,6 +90,7 @@ FINGERPRINTED_MODULES = (
     "bayesprompt.metrics",
     "bayesprompt.uncertainty",
     "bayesprompt.averaging",
+    "bayesprompt.runs",  # every fit's step checkpoints and resume (run_with_checkpoints, StateCodec)
 )
 
 
