@@ -15,6 +15,7 @@ correlated. With the KL weighted by ``w`` it is ``s_j^2 = w / (H_jj + w / tau^2)
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pyro
@@ -122,6 +123,29 @@ def test_total_budget_exhaustion_mid_member_keeps_the_finished_members(budget, k
         alone_meter, alone_potential = metered(60)
         alone = run(finished, alone_potential, seed=engine.member_seeds(1)[i], meter=alone_meter, progress=False)
         assert torch.equal(posterior.samples["z"][i], alone.samples["z"][0])
+
+
+def test_only_the_running_member_holds_a_strategy_and_released_members_replay_alike():
+    meter, potential = metered(310)
+    engine = PromptEnsembles(num_members=3, meter=meter, popsize=6)
+    state = engine.init(potential, 0)
+    held = [[m.strategy is not None for m in state.members]]
+    while engine.stop_reason(state) is None:
+        state, _ = engine.step(potential, state)
+        held.append([m.strategy is not None for m in state.members])
+    assert held[0] == [True, False, False] and held[-1] == [False, False, False]
+    assert [True, False, False] in held and [False, True, False] in held and [False, False, True] in held
+    assert all(sum(h) <= 1 for h in held)
+    # an unstarted member whose strategy was kept (checkpoints written before strategies were
+    # released hold one) runs the same as one whose strategy is built when it starts
+    meter_kept, potential_kept = metered(310)
+    kept = engine.init(potential_kept, 0)
+    kept = replace(kept, members=tuple(CMAES(popsize=6).init(potential_kept, s) for s in kept.seeds))
+    engine_kept = PromptEnsembles(num_members=3, meter=meter_kept, popsize=6)
+    while engine_kept.stop_reason(kept) is None:
+        kept, _ = engine_kept.step(potential_kept, kept)
+    for a, b in zip(state.members, kept.members):
+        assert torch.equal(a.best_u, b.best_u) and a.iteration == b.iteration
 
 
 def test_ensemble_without_a_meter_runs_members_to_max_iterations():

@@ -411,6 +411,9 @@ ENGINE_CASES = {
     "abc-mcmc": {"engine_options": {"max_stages": 4}},
     "cmaes": {"engine_options": {"max_iterations": 6, "dev_every": 2}},
     "ensembles": {"engine_options": {"num_members": 2, "max_iterations": 3, "dev_every": 2}},
+    # cut after two members finished: their strategies are released, the third is built on resume
+    "ensembles-one-iteration-members": {"engine": "ensembles",
+                                        "engine_options": {"num_members": 3, "max_iterations": 1}},
     "cma-elbo": {"engine_options": {"max_iterations": 5, "num_mc_samples": 2, "dev_every": 2}},
     "eki": {"engine_options": {"tikhonov": True, "max_iterations": 5}},
     "eks": {"engine_options": {"num_iterations": 5}},

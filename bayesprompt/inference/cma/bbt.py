@@ -35,8 +35,9 @@ class CMAState:
 
     Attributes
     ----------
-    strategy : cma.CMAEvolutionStrategy
-        The optimiser.
+    strategy : cma.CMAEvolutionStrategy or None
+        The optimiser (``None`` in a prompt ensemble's members that are not running, see
+        :mod:`~bayesprompt.inference.cma.ensembles`).
     iteration : int
         Completed iterations.
     best_u : Tensor ``[D]``

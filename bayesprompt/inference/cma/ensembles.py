@@ -32,6 +32,13 @@ One :meth:`PromptEnsembles.step` is one CMA-ES iteration of the current member (
 info record is the member's, plus ``member`` and ``member_calls``); a step that only
 finds the remaining members' shares spent returns an info record without
 ``iteration``.
+
+State size
+    Only the running member holds a pycma strategy (with a ``D x D`` covariance and its
+    eigenbasis, about 4 MB at ``D = 500``). A finished member keeps its selected prompt
+    and scores, and its strategy is released; a member that has not started holds its
+    initial point, and its strategy is built (from its seed, as at :meth:`init`) when it
+    starts. So a checkpoint of the state holds one strategy, not ``M``.
 """
 
 from __future__ import annotations
@@ -60,7 +67,9 @@ class EnsembleState:
     Attributes
     ----------
     members : tuple of CMAState
-        One BBT state per member (members after ``current`` have not started).
+        One BBT state per member (members after ``current`` have not started). Only the
+        running member's ``strategy`` is set; finished and unstarted members hold ``None``
+        (see "State size" in the module docstring).
     seeds : tuple of int
         Member seeds (derived from the run seed by :meth:`PromptEnsembles.member_seeds`).
     current : int
@@ -162,29 +171,34 @@ class PromptEnsembles(Engine[EnsembleState]):
         """Initialise every member (no query once the sites are known) and fix the shares."""
         seeds = self.member_seeds(seed)
         members = tuple(self.member.init(potential, s) for s in seeds)
+        members = members[:1] + tuple(_released(m) for m in members[1:])  # built again when they start
         return EnsembleState(members, seeds, 0, (0,) * self.num_members, self._shares())
 
     def step(self, potential: Potential, state: EnsembleState) -> tuple[EnsembleState, dict[str, Any]]:
         """One CMA-ES iteration of the current member, moving on when a member is done."""
-        current, calls = state.current, list(state.calls)
+        current, calls, members = state.current, list(state.calls), list(state.members)
         while current < state.num_members:
-            if self.member.stop_reason(state.members[current]) is not None:  # e.g. max_iterations=0
+            if members[current].strategy is None:  # a member starting now (see "State size")
+                members[current] = self.member.init(potential, state.seeds[current])
+            if self.member.stop_reason(members[current]) is not None:  # e.g. max_iterations=0
+                members[current] = _released(members[current])
                 current += 1
                 continue
             before = self._calls()
             try:
                 with self._member_cap(state, current, calls[current]):
-                    member, info = self.member.step(potential, state.members[current])
+                    member, info = self.member.step(potential, members[current])
             except _ShareSpent:
                 calls[current] += self._calls() - before
+                members[current] = _released(members[current])
                 current += 1
                 continue
             calls[current] += self._calls() - before
-            members = state.members[:current] + (member,) + state.members[current + 1 :]
             done = self.member.stop_reason(member) is not None
-            new = replace(state, members=members, current=current + done, calls=tuple(calls))
+            members[current] = _released(member) if done else member
+            new = replace(state, members=tuple(members), current=current + done, calls=tuple(calls))
             return new, {"member": current, "member_calls": calls[current], **info}
-        final = replace(state, current=current, calls=tuple(calls))
+        final = replace(state, members=tuple(members), current=current, calls=tuple(calls))
         return final, {"member": state.num_members - 1, "member_calls": calls[-1]}
 
     def stop_reason(self, state: EnsembleState) -> str | None:
@@ -254,6 +268,11 @@ class PromptEnsembles(Engine[EnsembleState]):
             "member_iterations": [m.iteration for m in members],
             "best_score": max((members[i].best_score for i in used), default=members[0].best_score),
         }
+
+
+def _released(member: CMAState) -> CMAState:
+    """``member`` without its pycma strategy: a finished member, or one that has not started."""
+    return replace(member, strategy=None)
 
 
 class _ShareSpent(Exception):
