@@ -14,8 +14,9 @@
 # A scratch OUT keeps the committed results.md and results.json from being rewritten
 # with the lane's one-cell selection. Parked fits larger than BAYESPROMPT_PARK_LIMIT_MB
 # (default 20) are refused with a message: commit history keeps every parked copy. `park`
-# also refuses a fit whose cell has an ok record, and one with fewer engine steps than its
-# parked copy (lines of its diagnostics.jsonl files), which another lane took further.
+# also refuses a fit whose cell has an ok record, and one with fewer steps than its parked
+# copy (lines of its diagnostics.jsonl files, or a white-box checkpoint's step), which
+# another lane took further.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,8 +51,16 @@ run_lane() {
         --budgets "$budget" --no-sweep --precision bf16
 }
 
-steps() {  # engine steps recorded in a fit folder, all stages of a chained fit together (0 if none yet)
-    find "$1" -name diagnostics.jsonl -exec cat {} + | wc -l
+steps() {  # progress of a fit folder: engine steps, all stages of a chained fit together, plus the
+    # step of a white-box checkpoint (benchmarks/whitebox.py writes no diagnostics); 0 if none yet
+    local engine whitebox=0 checkpoint
+    engine=$(find "$1" -name diagnostics.jsonl -exec cat {} + | wc -l)
+    checkpoint="$(find "$1" -name whitebox.pt | head -n 1)"
+    if [[ -n "$checkpoint" ]]; then
+        whitebox=$(python -c 'import sys, torch; print(int(torch.load(sys.argv[1], weights_only=True)["step"]))' \
+                   "$checkpoint")
+    fi
+    echo $((engine + whitebox))
 }
 
 park() {

@@ -137,3 +137,19 @@ def test_park_refuses_a_fit_behind_its_parked_copy_or_with_an_ok_record(repo: Pa
     shutil.rmtree(committed / "c3.fit")
     finished = lane(repo, "park", str(out))
     assert "has an ok record" in finished.stderr and not (committed / "c3.fit").exists()
+
+
+def test_park_compares_white_box_fits_by_their_checkpoint_step(repo: Path, tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    committed = repo / "benchmarks" / "results" / "cells"
+    (committed / "wb.fit" / "steps").mkdir(parents=True)
+    torch.save({"step": 40}, committed / "wb.fit" / "steps" / "whitebox.pt")
+    out = tmp_path / "out"
+    (out / "cells" / "wb.fit" / "steps").mkdir(parents=True)
+    torch.save({"step": 20}, out / "cells" / "wb.fit" / "steps" / "whitebox.pt")
+    refused = lane(repo, "park", str(out))
+    assert "20 steps, the parked copy 40" in refused.stderr
+    assert torch.load(committed / "wb.fit" / "steps" / "whitebox.pt")["step"] == 40
+    torch.save({"step": 60}, out / "cells" / "wb.fit" / "steps" / "whitebox.pt")
+    assert "parked wb.fit" in lane(repo, "park", str(out)).stdout
+    assert torch.load(committed / "wb.fit" / "steps" / "whitebox.pt")["step"] == 60
