@@ -99,19 +99,34 @@ status() {  # the "status" field of a cell record
     python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("status"))' "$1"
 }
 
-finish() {
+ok_records() {  # names of the records in a cells folder whose "status" is ok, one per line
+    python - "$1" <<'PY'
+import json, sys
+from pathlib import Path
+
+for record in sorted(Path(sys.argv[1]).glob("*.json")):
+    try:
+        status = json.loads(record.read_text()).get("status")
+    except (OSError, ValueError) as err:
+        print(f"skipped {record}: {err}", file=sys.stderr)
+        continue
+    if status == "ok":
+        print(record.name)
+PY
+}
+
+finish() {  # one python call per folder: a lane's OUT holds every committed record
     [[ $# -ge 1 ]] || usage
-    local out record name
+    local out name committed
     for out in "$@"; do
-        for record in "$out"/cells/*.json; do
-            [[ -f "$record" ]] || continue
-            name="$(basename "$record")"
-            [[ "$(status "$record")" == ok ]] || continue  # an error record keeps its fit for the rerun
-            [[ -e "$cells/$name" && "$(status "$cells/$name")" == ok ]] && continue
-            cp "$record" "$cells/"
+        committed="$(ok_records "$cells")"
+        while IFS= read -r name; do
+            [[ -n "$name" ]] || continue
+            grep -qxF -- "$name" <<< "$committed" && continue  # a committed ok record stays
+            cp "$out/cells/$name" "$cells/"
             rm -rf "$cells/${name%.json}.fit"
             echo "new record $name"
-        done
+        done < <(ok_records "$out/cells")  # an error record is not taken: its fit stays for the rerun
     done
 }
 
