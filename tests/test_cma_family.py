@@ -139,13 +139,14 @@ def test_only_the_running_member_holds_a_strategy_and_released_members_replay_al
     # an unstarted member whose strategy was kept (checkpoints written before strategies were
     # released hold one) runs the same as one whose strategy is built when it starts
     meter_kept, potential_kept = metered(310)
-    kept = engine.init(potential_kept, 0)
-    kept = replace(kept, members=tuple(CMAES(popsize=6).init(potential_kept, s) for s in kept.seeds))
     engine_kept = PromptEnsembles(num_members=3, meter=meter_kept, popsize=6)
+    kept = engine_kept.init(potential_kept, 0)
+    kept = replace(kept, members=tuple(CMAES(popsize=6).init(potential_kept, s) for s in kept.seeds))
     while engine_kept.stop_reason(kept) is None:
         kept, _ = engine_kept.step(potential_kept, kept)
+    assert kept.calls == state.calls == (102, 102, 102)
     for a, b in zip(state.members, kept.members):
-        assert torch.equal(a.best_u, b.best_u) and a.iteration == b.iteration
+        assert torch.equal(a.best_u, b.best_u) and a.iteration == b.iteration == 17
 
 
 def test_ensemble_without_a_meter_runs_members_to_max_iterations():
