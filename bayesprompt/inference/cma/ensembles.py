@@ -170,8 +170,9 @@ class PromptEnsembles(Engine[EnsembleState]):
     def init(self, potential: Potential, seed: int) -> EnsembleState:
         """Initialise every member (no query once the sites are known) and fix the shares."""
         seeds = self.member_seeds(seed)
-        members = tuple(self.member.init(potential, s) for s in seeds)
-        members = members[:1] + tuple(_released(m) for m in members[1:])  # built again when they start
+        first = self.member.init(potential, seeds[0])
+        unstarted = _released(first)  # every member starts at the same point; its strategy is built when it starts
+        members = (first,) + (unstarted,) * (self.num_members - 1)
         return EnsembleState(members, seeds, 0, (0,) * self.num_members, self._shares())
 
     def step(self, potential: Potential, state: EnsembleState) -> tuple[EnsembleState, dict[str, Any]]:
