@@ -52,6 +52,7 @@ import torch
 
 from benchmarks import engine_defaults
 from benchmarks.checkpoint import STEP_CHECKPOINTS, load_fit, save_fit
+from benchmarks.estimate import estimate_cost
 from benchmarks.report import BEFORE_RESUME, OF_FIT
 from benchmarks.methods import (
     SHARED_REQUIREMENTS, MethodContext, MethodOutcome, MethodSpec, availability, default_registry, dev_vote_reserve,
@@ -630,6 +631,15 @@ def _checkpoint_calls(steps: RunDirectory) -> int | None:
         return None
 
 
+def _ok_record(path: Path) -> dict[str, Any] | None:
+    """The record in ``path`` if it is readable and ``ok``; else ``None``."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "ok" else None
+
+
 class CellCache:
     """One JSON file per finished cell under ``<out>/cells``."""
 
@@ -642,12 +652,7 @@ class CellCache:
 
     def load(self, cell: Cell, digest: str) -> dict[str, Any] | None:
         """The cached record of ``cell`` if it exists, is readable and is not an error."""
-        path = self.path(cell, digest)
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
-        return record if record.get("status") == "ok" else None
+        return _ok_record(self.path(cell, digest))
 
     def checkpoint(self, cell: Cell, digest: str) -> Path:
         """The folder where ``cell``'s fit waits for its evaluation (see :mod:`benchmarks.checkpoint`)."""
@@ -679,18 +684,15 @@ class CellCache:
         stage = max(stages, key=lambda name: -1 if stages[name] is None else stages[name])  # calls grow stage by stage
         return f"fit at call {'?' if stages[stage] is None else stages[stage]}, stage {stage}"
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every readable ``ok`` record in the folder, whatever its settings."""
+        return [record for path in sorted(self.directory.glob("*.json")) if (record := _ok_record(path)) is not None]
+
     def siblings(self, cell: Cell, digest: str) -> list[dict[str, Any]]:
         """The cached ``ok`` records of ``cell``'s task, method, seed and settings at other budgets."""
         pattern = Cell(cell.task, cell.method, cell.seed, None).filename(digest).replace("__budgetnone__", "__budget*__")
-        records = []
-        for path in sorted(self.directory.glob(pattern)):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if record.get("status") == "ok" and record.get("budget") != cell.budget:
-                records.append(record)
-        return records
+        records = (_ok_record(path) for path in sorted(self.directory.glob(pattern)))
+        return [record for record in records if record is not None and record.get("budget") != cell.budget]
 
     def lookup(
         self, cell: Cell, digest: str, spec: MethodSpec, reserved_calls: int = 0
@@ -770,6 +772,10 @@ class SuiteResult:
     errors: int = 0
     unavailable: int = 0
     not_run: int = 0
+    #: One-core seconds the cells not run would take (:func:`~benchmarks.estimate.estimate_cost`), and how
+    #: many of them have no estimate; filled by ``cached_only`` runs.
+    not_run_seconds: float = 0.0
+    not_run_unestimated: int = 0
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -802,7 +808,8 @@ def run_suite(
         Receives one line per cell.
     cached_only : bool
         Run nothing: write the results and the report from the cached cells, and count
-        (and log) the others as not run. Records that :func:`reusable_record` derives
+        (and log) the others as not run, each with its estimated one-core cost
+        (:func:`~benchmarks.estimate.estimate_cost`, summed in ``not_run_seconds``). Records that :func:`reusable_record` derives
         from cached cells are still filled in (and saved), since that runs nothing.
     """
     from benchmarks.report import plot_budget_sweep, write_markdown
@@ -822,6 +829,7 @@ def run_suite(
     result = SuiteResult(records=[])
     say = log if log is not None else (lambda line: None)
     revision = code_revision()
+    timings: list[dict[str, Any]] | None = None  # every cached record, read at the first cell not run
     for index, cell in enumerate(cells, 1):
         spec = registry[cell.method]
         digest = cell_hash(config, cell)
@@ -842,7 +850,15 @@ def run_suite(
         saved = cache.saved_work(cell, digest)
         if cached_only:
             result.not_run += 1
-            say(f"[{index}/{len(cells)}] {_name(cell)}: not run (--cached-only)" + (f"; {saved}" if saved else ""))
+            if timings is None:
+                timings = cache.records()
+            estimate = estimate_cost(cell.task, cell.method, cell.budget, budget_free=spec.budget_free, records=timings)
+            if estimate is None:
+                result.not_run_unestimated += 1
+            else:
+                result.not_run_seconds += estimate.seconds
+            cost = "no estimate" if estimate is None else estimate.describe()
+            say(f"[{index}/{len(cells)}] {_name(cell)}: not run (--cached-only); " + (f"{saved}; " if saved else "") + cost)
             continue
         ok, reason = availability(spec)
         if not ok:
@@ -1120,6 +1136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.outputs["throughput"] = str(write_throughput(rows, Path(args.out)))
     print(f"{len(result.records)} cells: {result.ran} ran, {result.cache_hits} cached, {result.reused} reused, {result.errors} errors, "
           f"{result.unavailable} unavailable, {result.not_run} not run; {time.perf_counter() - started:.1f}s")
+    if result.not_run:
+        unestimated = f", {result.not_run_unestimated} of them without an estimate" if result.not_run_unestimated else ""
+        print(f"not run: about {result.not_run_seconds / 3600:.1f} h of one core{unestimated} (timings of the cached cells)")
     if args.readme:
         try:
             write_overview(args.readme, config, Path(args.out) / "cells", registry)

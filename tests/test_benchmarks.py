@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `benchmarks` is a top-level package of the repository, not installed
     sys.path.insert(0, str(REPO))
 
+from benchmarks.estimate import EMULATED_BF16, estimate_cost  # noqa: E402
 from benchmarks.methods import MethodSpec, default_registry  # noqa: E402
 from benchmarks.report import (  # noqa: E402
     format_mean_sd, markdown_report, markdown_table, overview_table, plot_budget_sweep, replace_between_markers,
@@ -125,6 +126,37 @@ def test_cached_only_reports_what_is_cached_and_runs_nothing(tmp_path, data_dir)
     assert len(list((tmp_path / "cells").glob("*.json"))) == 1  # nothing new was run or written
     assert sum("not run" in line for line in lines) == 3
     assert "Zero-shot" in (tmp_path / "results.md").read_text()
+    # each cell not run gets a cost estimate from the cached timings: zero-shot seed 1 as seed 0 took; smc none,
+    # since no cached cell on the task made an API call to time
+    zero_shot = report.records[0]
+    assert report.not_run_seconds == pytest.approx(zero_shot["fit_seconds"] + zero_shot["evaluation_seconds"])
+    assert report.not_run_unestimated == 2 and sum(line.endswith("no estimate") for line in lines) == 2
+    assert sum("min (as 1 sst2 zero-shot cells)" in line for line in lines) == 1
+
+
+def test_cost_estimates_use_the_task_s_seconds_per_call_and_the_method_s_calls():
+    def record(method, calls, fit, evaluation=60.0, **extra):
+        return {"task": "agnews", "method": method, "budget": 2000, "api_calls": calls, "fit_seconds": fit,
+                "evaluation_seconds": evaluation, "engine_status": "finished", **extra}
+
+    records = [
+        record("smc", 500, 1000.0, 600.0),  # 2 s per call
+        record("bbt", 2000, 4000.0, 30.0, engine_status="budget_exhausted"),
+        record("eki", 32, 64.0, 600.0),
+        record("bbt", 2000, 40000.0, 3000.0, bf16_arithmetic=EMULATED_BF16),  # slow machine: left out
+        record("smc", 500, 1.0, budget=4000, reused_from_budget=2000),  # a copy of another run's timings: left out
+        {**record("bbt", 2000, 1.0), "task": "sst2"},  # another task
+    ]
+    smc = estimate_cost("agnews", "smc", 2000, budget_free=True, records=records)
+    assert (smc.fit_seconds, smc.evaluation_seconds) == (1000.0, 600.0)  # its other seed's 500 calls x 2 s
+    assert estimate_cost("agnews", "smc", 250, budget_free=True, records=records).fit_seconds == 500.0
+    assert estimate_cost("agnews", "smc", 8000, budget_free=True, records=records).fit_seconds == 1000.0
+    bbt = estimate_cost("agnews", "bbt", 8000, budget_free=False, records=records)
+    assert (bbt.fit_seconds, bbt.evaluation_seconds) == (16000.0, 30.0)
+    ensembles = estimate_cost("agnews", "ensembles", 2000, budget_free=False, records=records)
+    assert ensembles.evaluation_seconds == 600.0 and "the task's median" in ensembles.basis
+    assert estimate_cost("agnews", "whitebox", None, budget_free=False, records=records) is None
+    assert estimate_cost("rte", "smc", 2000, budget_free=True, records=records) is None
 
 
 def _comparable(record):
