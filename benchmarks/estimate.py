@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["EMULATED_BF16", "CostEstimate", "estimate_cost", "timed_records"]
@@ -52,11 +52,28 @@ class CostEstimate:
     fit_seconds: float
     evaluation_seconds: float
     basis: str
+    #: Seconds per API call of the fit (``None``: a fit without a budget, timed as a whole).
+    seconds_per_call: float | None = None
 
     @property
     def seconds(self) -> float:
         """Fit plus evaluation."""
         return self.fit_seconds + self.evaluation_seconds
+
+    def after(self, calls_done: int, *, fitted: bool = False) -> CostEstimate:
+        """What is left once a saved fit has made ``calls_done`` calls (``fitted``: the whole fit is done).
+
+        >>> CostEstimate(600.0, 60.0, "x", seconds_per_call=2.0).after(100).seconds
+        460.0
+        >>> CostEstimate(600.0, 60.0, "x", seconds_per_call=2.0).after(0, fitted=True).describe()
+        'about 1 min (x; the fit is saved)'
+        """
+        if fitted:
+            return replace(self, fit_seconds=0.0, basis=f"{self.basis}; the fit is saved")
+        if calls_done <= 0 or self.seconds_per_call is None:
+            return self
+        fit = max(self.fit_seconds - calls_done * self.seconds_per_call, 0.0)
+        return replace(self, fit_seconds=fit, basis=f"{self.basis}; less the {calls_done} calls saved")
 
     def describe(self) -> str:
         """``"about 95 min (...)"``."""
@@ -129,4 +146,4 @@ def estimate_cost(
     else:
         calls = budget
     basis = f"{calls} calls x {per_call:.1f} s over {len(with_calls)} {task} cells; {evaluation_basis}"
-    return CostEstimate(calls * per_call, evaluation, basis)
+    return CostEstimate(calls * per_call, evaluation, basis, seconds_per_call=per_call)

@@ -631,6 +631,29 @@ def _checkpoint_calls(steps: RunDirectory) -> int | None:
         return None
 
 
+@dataclass(frozen=True)
+class SavedWork:
+    """What a killed run of a cell left in its ``.fit`` folder; ``str()`` says it in words.
+
+    ``"fitted, not yet evaluated"`` (the fit is saved), ``"white-box fit at step N"``, ``"fit at call N"`` (the
+    meter's calls at the engine's last checkpoint, ``?`` if unreadable) or ``"fit at call N, stage S"`` for a fit
+    of several engine runs (:class:`~benchmarks.methods.FitStages`), at the stage checkpointed furthest on.
+    """
+
+    fitted: bool = False
+    calls: int | None = None
+    whitebox_step: int | None = None
+    stage: str | None = None
+
+    def __str__(self) -> str:
+        if self.fitted:
+            return "fitted, not yet evaluated"
+        if self.whitebox_step is not None:
+            return f"white-box fit at step {self.whitebox_step}"
+        calls = "?" if self.calls is None else self.calls
+        return f"fit at call {calls}" + ("" if self.stage is None else f", stage {self.stage}")
+
+
 def _ok_record(path: Path) -> dict[str, Any] | None:
     """The record in ``path`` if it is readable and ``ok``; else ``None``."""
     try:
@@ -658,31 +681,25 @@ class CellCache:
         """The folder where ``cell``'s fit waits for its evaluation (see :mod:`benchmarks.checkpoint`)."""
         return self.directory / f"{cell.filename(digest).removesuffix('.json')}.fit"
 
-    def saved_work(self, cell: Cell, digest: str) -> str | None:
-        """What a killed run of ``cell`` left behind, in words (``None``: nothing).
-
-        ``"fitted, not yet evaluated"`` (a fit checkpoint), ``"white-box fit at step N"`` or ``"fit at call N"`` (the
-        meter's calls at the engine's last checkpoint, ``?`` if unreadable); ``"fit at call N, stage S"`` for a fit of
-        several engine runs (:class:`~benchmarks.methods.FitStages`), at the stage checkpointed furthest on.
-        """
+    def saved_work(self, cell: Cell, digest: str) -> SavedWork | None:
+        """What a killed run of ``cell`` left behind (``None``: nothing); see :class:`SavedWork`."""
         folder = self.checkpoint(cell, digest)
         if (folder / "outcome.json").is_file():
-            return "fitted, not yet evaluated"
+            return SavedWork(fitted=True)
         from benchmarks.whitebox import CHECKPOINT_FILE, checkpoint_step
 
         whitebox = folder / STEP_CHECKPOINTS / CHECKPOINT_FILE
         if whitebox.is_file():
-            return f"white-box fit at step {checkpoint_step(whitebox)}"
+            return SavedWork(whitebox_step=checkpoint_step(whitebox))
         steps = RunDirectory(folder / STEP_CHECKPOINTS)
         if steps.has_checkpoint():
-            calls = _checkpoint_calls(steps)
-            return f"fit at call {'?' if calls is None else calls}"
+            return SavedWork(calls=_checkpoint_calls(steps))
         stages = {path.parent.name: _checkpoint_calls(RunDirectory(path.parent))
                   for path in sorted((folder / STEP_CHECKPOINTS).glob(f"*/{CHECKPOINT_NPZ}"))}
         if not stages:
             return None
         stage = max(stages, key=lambda name: -1 if stages[name] is None else stages[name])  # calls grow stage by stage
-        return f"fit at call {'?' if stages[stage] is None else stages[stage]}, stage {stage}"
+        return SavedWork(calls=stages[stage], stage=stage)
 
     def records(self) -> list[dict[str, Any]]:
         """Every readable ``ok`` record in the folder, whatever its settings."""
@@ -853,6 +870,8 @@ def run_suite(
             if timings is None:
                 timings = cache.records()
             estimate = estimate_cost(cell.task, cell.method, cell.budget, budget_free=spec.budget_free, records=timings)
+            if estimate is not None and saved is not None:
+                estimate = estimate.after(saved.calls or 0, fitted=saved.fitted)
             if estimate is None:
                 result.not_run_unestimated += 1
             else:
