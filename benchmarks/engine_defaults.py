@@ -82,6 +82,7 @@ FINGERPRINTED_MODULES = (
     "benchmarks.run",
     "benchmarks.checkpoint",
     "benchmarks.whitebox",
+    "benchmarks.estimate",  # STOPPED_BY_BUDGET: which records run.reusable_record reuses at other budgets
     "bayesprompt.inference",
     "bayesprompt.models",
     "bayesprompt.lm",

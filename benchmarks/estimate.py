@@ -37,12 +37,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["EMULATED_BF16", "CostEstimate", "estimate_cost", "timed_records"]
+__all__ = ["EMULATED_BF16", "STOPPED_BY_BUDGET", "CostEstimate", "estimate_cost", "timed_records"]
 
 #: ``bf16_arithmetic`` of fits run on machines without bf16 units (several times slower).
 EMULATED_BF16 = "fp32-accumulate emulation"
-#: Engine statuses of a fit the budget cut short (it would have spent more calls).
-_STOPPED_BY_BUDGET = ("budget_exhausted", "running")
+#: Engine statuses of a fit the budget cut short (it would have spent more calls; its calls say nothing of a larger budget).
+STOPPED_BY_BUDGET = ("budget_exhausted", "running")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def estimate_cost(
         on ``task`` that stopped by themselves, at most ``budget``, if ``budget_free``; else
         the whole budget.
     records : sequence of mapping
-        Cached records (filtered with :func:`timed_records`).
+        Cached records; only those :func:`timed_records` keeps are used.
 
     Returns
     -------
@@ -138,7 +138,7 @@ def estimate_cost(
         return None
     per_call = statistics.median(r["fit_seconds"] / r["api_calls"] for r in with_calls)
     at_budget = [r["api_calls"] for r in same if r.get("budget") == budget and isinstance(r.get("api_calls"), int)]
-    stopped = [r["api_calls"] for r in same if r.get("engine_status") not in _STOPPED_BY_BUDGET and r.get("api_calls")]
+    stopped = [r["api_calls"] for r in same if r.get("engine_status") not in STOPPED_BY_BUDGET and r.get("api_calls")]
     if at_budget:  # other seeds at this budget
         calls = round(statistics.median(at_budget))
     elif budget_free and stopped:

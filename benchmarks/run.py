@@ -52,7 +52,7 @@ import torch
 
 from benchmarks import engine_defaults
 from benchmarks.checkpoint import STEP_CHECKPOINTS, load_fit, save_fit
-from benchmarks.estimate import estimate_cost
+from benchmarks.estimate import STOPPED_BY_BUDGET, estimate_cost
 from benchmarks.report import BEFORE_RESUME, OF_FIT
 from benchmarks.methods import (
     SHARED_REQUIREMENTS, MethodContext, MethodOutcome, MethodSpec, availability, default_registry, dev_vote_reserve,
@@ -769,7 +769,7 @@ def reusable_record(
     if not spec.budget_free or cell.budget is None:
         return None
     for record in siblings:
-        stopped_by_budget = record.get("engine_status") in ("budget_exhausted", "running")
+        stopped_by_budget = record.get("engine_status") in STOPPED_BY_BUDGET
         calls = record.get("api_calls")
         fits = isinstance(calls, int) and calls + reserved_calls <= cell.budget
         if not stopped_by_budget and fits and record.get("budget") is not None:
